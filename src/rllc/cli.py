@@ -1,0 +1,158 @@
+"""The `rllc` command: a thin layer over the Python API (parsing, printing, exit codes; no logic of its own)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rllc._errors import RllcError
+
+DESCRIPTION = """\
+rllc: refined local learning coefficients (rLLC) of attention heads over training.
+
+Train a small attention-only transformer with checkpoints across training, then measure how each head
+develops. Start with `rllc demo` (CPU, offline, a few minutes)."""
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"],
+                   help="'cpu': 2 layers x 4 heads, d_model 64, n_ctx 64, ~5 min on 2 cores (default); "
+                        "'paper': the paper's 2x8 heads, d_model 256, n_ctx 1024, 50k steps")
+    p.add_argument("--data", help="training data: a named source (pretrain, prose, code, synthetic, "
+                                  "synthetic.repeat, ...), a mixture 'prose*0.5,synthetic.repeat*0.5', a text "
+                                  "file, directory, glob or .jsonl; default: the preset's mixture")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the preset's)")
+    p.add_argument("--layers", type=int, dest="n_layers",
+                   help="number of layers; 1 or 0 ('bigram') for reference models (default: the preset's 2)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the preset's)")
+    p.add_argument("--checkpoints", help="checkpoint steps: 'paper' (the paper's schedule scaled to --steps), "
+                                         "'every:N' or 'S1,S2,...'")
+    p.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda'")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _preset_configs(args: argparse.Namespace, seed: int | None):  # noqa: ANN202
+    from rllc.train import preset
+
+    return preset(args.preset, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                  n_layers=args.n_layers, vocab_size=args.vocab_size, checkpoints=args.checkpoints, seed=seed)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from rllc.train import train
+
+    seeds = args.seeds or [args.seed]
+    for seed in seeds:
+        out = Path(args.out) if len(seeds) == 1 else Path(f"{args.out}-seed{seed}")
+        model_cfg, train_cfg = _preset_configs(args, seed)
+        run = train(model_cfg, train_cfg, out, device=args.device, progress=not args.quiet)
+        print(f"{out}: {len(run.steps)} checkpoints, last step {run.steps[-1]}, "
+              f"val loss {run.metadata(run.steps[-1])['val_loss']:.3f}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from rllc.train import load_run
+
+    run = load_run(args.run_dir)
+    cfg = run.config
+    print(json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict(),
+                      "tokenizer_id": cfg.tokenizer_id}, indent=1))
+    table = run.checkpoints()
+    print(f"{len(table)} checkpoints")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def cmd_heads(args: argparse.Namespace) -> None:
+    from rllc.workflows import head_scores_over_training
+
+    table = head_scores_over_training(args.run_dir, steps=args.steps)
+    last = table[table.step == table.step.max()]
+    print(last.drop(columns=["layer", "head"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from rllc.workflows import demo
+
+    t0 = time.perf_counter()
+    result = demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    print()
+    print("head scores at the last checkpoint (step %d):" % result.last_step)
+    print(result.head_table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print()
+    for line in result.summary:
+        print(line)
+    print(f"total wall time {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rllc", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from rllc import __version__
+
+    parser.add_argument("--version", action="version", version=f"rllc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train the cpu preset on the built-in corpus and write the analysis",
+                       description="Train the `cpu` preset on the built-in offline corpus (prose + Python code + "
+                                   "repeated random spans), keeping checkpoints across training; write a "
+                                   "loss-curve PNG and per-head score tables and curves. Runs on CPU in minutes; "
+                                   "interrupt and re-run to resume.")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model, keeping checkpoints across training (resumable)",
+                       description="Train an attention-only transformer and write checkpoints (safetensors with "
+                                   "TransformerLens keys + JSON metadata) on a schedule dense early and sparse "
+                                   "late. Re-running the same command after an interruption resumes exactly.")
+    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", type=_ints, help="several seeds, e.g. 1,2,3: one run per seed in OUT-seedS")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="print a run's configuration and checkpoints",
+                       description="Print a run directory's model and training configuration and its "
+                                   "checkpoint table (step, tokens seen, train and validation loss).")
+    p.add_argument("run_dir", help="run directory")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("heads", help="previous-token, current-token and induction scores of every head",
+                       description="Compute each head's previous-token, current-token and induction scores at "
+                                   "the given checkpoints; print the table at the last one.")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: all)")
+    p.set_defaults(func=cmd_heads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `rllc` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RllcError as e:
+        print(f"rllc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nrllc: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""A run directory and its reader, `load_run`.
+
+Layout (every file is safetensors or JSON; nothing is pickled):
+    run.json                      format, model and training config, tokenizer id, rllc version
+    tokenizer.json                the run's BPE tokenizer (Hugging Face `tokenizers` format)
+    checkpoints/step_{S:07d}.safetensors   weights, TransformerLens state-dict keys
+    checkpoints/step_{S:07d}.json          step, tokens seen, train and validation loss, data, tokenizer id
+    metrics.jsonl                 training loss every `log_every` steps
+    state/                        optimizer and sampler state of the last checkpoint, for resuming
+    data/                         tokenised corpora (uint16 memmaps), shared by every later command
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from rllc._errors import RllcError
+from rllc.model.config import ModelConfig
+from rllc.model.transformer import Transformer
+from rllc.train.checkpoints import load_model, read_json
+from rllc.train.config import TrainConfig
+
+RUN_FORMAT = "rllc-run/1"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The configs a run was trained with."""
+
+    model: ModelConfig
+    train: TrainConfig
+    tokenizer_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": RUN_FORMAT, "model": self.model.to_dict(), "train": self.train.to_dict(),
+                "tokenizer_id": self.tokenizer_id}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: Path) -> RunConfig:
+        if d.get("format") != RUN_FORMAT:
+            raise RllcError(f"{source} has format {d.get('format')!r}, expected {RUN_FORMAT!r}")
+        try:
+            return cls(ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("tokenizer_id", ""))
+        except (KeyError, TypeError) as e:
+            raise RllcError(f"{source} is not a valid run config ({e})") from None
+
+
+@dataclass
+class Run:
+    """A trained (or training) run: its configs, tokenizer and checkpoints.
+
+    Attributes:
+        path: the run directory.
+        config: RunConfig (`.model`, `.train`).
+    """
+
+    path: Path
+    config: RunConfig
+    _meta: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps of the finished checkpoints, ascending."""
+        out = []
+        for p in sorted((self.path / "checkpoints").glob("step_*.json")):
+            try:
+                out.append(int(p.stem.split("_")[1]))
+            except ValueError:
+                continue
+        return out
+
+    @cached_property
+    def tokenizer(self):  # noqa: ANN201 - tokenizers.Tokenizer
+        from rllc.data import load_tokenizer
+
+        tok = load_tokenizer(self.path / "tokenizer.json")
+        if tok.get_vocab_size() != self.config.model.d_vocab:
+            raise RllcError(
+                f"tokenizer {self.path / 'tokenizer.json'} has {tok.get_vocab_size()} tokens but the model's "
+                f"vocabulary is {self.config.model.d_vocab}; the run directory mixes two runs"
+            )
+        return tok
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"{checkpoint_name(step)}.safetensors"
+
+    def _check_step(self, step: int) -> int:
+        steps = self.steps
+        if step not in steps:
+            if not steps:
+                raise RllcError(f"run {self.path} has no checkpoints yet; train it with `rllc train --out {self.path}`")
+            near = min(steps, key=lambda s: abs(s - step))
+            raise RllcError(f"run {self.path} has no checkpoint at step {step}; nearest is {near} (see `rllc info`)")
+        return step
+
+    def model_at(self, step: int, device: str | torch.device = "cpu") -> Transformer:
+        """The model at a checkpoint step, in eval mode."""
+        self._check_step(step)
+        return load_model(self.checkpoint_path(step), self.config.model, device).eval()
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The checkpoint's JSON metadata (step, tokens_seen, train_loss, val_loss, data, tokenizer_id)."""
+        if step not in self._meta:
+            self._check_step(step)
+            p = self.path / "checkpoints" / f"{checkpoint_name(step)}.json"
+            self._meta[step] = read_json(p, "checkpoint metadata")
+        return self._meta[step]
+
+    def checkpoints(self) -> pd.DataFrame:
+        """One row per checkpoint: step, tokens_seen, train_loss, val_loss."""
+        rows = [self.metadata(s) for s in self.steps]
+        cols = ["step", "tokens_seen", "train_loss", "val_loss"]
+        return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+
+    def metrics(self) -> pd.DataFrame:
+        """Training-loss log: step, train_loss."""
+        p = self.path / "metrics.jsonl"
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+        return pd.DataFrame(rows, columns=["step", "train_loss"])
+
+    def dataset(self, spec: str | None = None, split: str = "val"):  # noqa: ANN201 - a Dataset with sample_batch
+        """A data set tokenised with this run's tokenizer (cached in the run directory); default: its training data."""
+        from rllc.data import build_dataset
+
+        cfg = self.config
+        return build_dataset(spec or cfg.train.data, self.tokenizer, n_ctx=cfg.model.n_ctx,
+                             cache_dir=self.path / "data", split=split, seed=cfg.train.seed)
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory written by `rllc train`.
+
+    Returns:
+        Run with `.config`, `.tokenizer`, `.steps` and `.model_at(step)`.
+    """
+    path = Path(path)
+    if not (path / "run.json").is_file():
+        raise RllcError(f"{path} is not an rllc run directory (no run.json); create one with `rllc train --out {path}`")
+    return Run(path, RunConfig.from_dict(read_json(path / "run.json", "run config"), path / "run.json"))
