@@ -1,0 +1,58 @@
+"""Print the closed-form validation table of the LLC estimator (markdown), as in docs/llc.md.
+
+Run: .venv/bin/python benchmarks/closed_form_table.py [--quick]   (a few minutes on 2 CPU cores)
+The cases and settings are those of tests/test_llc_closed_form.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _closed_form import Packed, aoyagi_watanabe, aw_case, packed_loss, quad_1d  # noqa: E402
+from test_llc_closed_form import DUMMY, RRR_SLOW, _gauss_exact, _mse, _whitened_regression  # noqa: E402
+
+from rllc.llc import estimate_llc, estimate_llc_many  # noqa: E402
+
+
+def row(case, lam, res, hp):
+    se = res.std / math.sqrt(len(res.per_chain))
+    print(f"| {case} | {lam:.4g} | {res.mean:.4g} | {res.std:.3g} (se {se:.2g}) | {100 * (res.mean / lam - 1):+.1f}% | {hp} |")
+
+
+def main() -> None:
+    print("| case | true λ | estimate | std across chains | rel. error | hyperparameters |")
+    print("|---|---|---|---|---|---|")
+    for d in (2, 5, 12):
+        h = np.linspace(1.0, 2.0, d)
+        model, data = _whitened_regression(d, 64, h, seed=d)
+        nb, g = 2000.0, 1.0
+        eps = 0.04 / (nb * h.max() + g)
+        res = estimate_llc(model, data, loss_fn=_mse, nbeta=nb, gamma=g, epsilon=eps, chains=200, burn_in=200,
+                           draws=400, batch_size=64, seed=d)
+        row(f"regular, d={d}", d / 2, res, f"nβ={nb:g} γ={g:g} ε={eps:.2g} C=200 burn 200 draws 400")
+    nb, s0 = 1e4, 0.1
+    sums = [(1, 2), (2, 2), (1, 2, 3)]
+    problems = [("sum", [s0 ** (-2 * k) / nb for k in ks], ks) for ks in sums]
+    model = Packed(problems)
+    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(problems))], loss_fn=packed_loss,
+                            nbeta=nb, gamma=1.0, epsilon=3e-5, chains=200, burn_in=1500, draws=1500, batch_size=1)
+    for ks, r in zip(sums, res):
+        name = " + ".join(f"w{i + 1}^{2 * k}" for i, k in enumerate(ks))
+        row(f"normal crossing {name}", sum(1 / (2 * k) for k in ks), r, "nβ=1e4 γ=1 ε=3e-5 C=200 burn 1500 draws 1500")
+    model = Packed([("rrr", *c) for c in RRR_SLOW])
+    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(RRR_SLOW))], loss_fn=packed_loss,
+                            nbeta=100.0, gamma=1.0, epsilon=5e-4, chains=100, burn_in=3000, draws=3000, batch_size=1)
+    for cfg, r in zip(RRR_SLOW, res):
+        lam, m = aoyagi_watanabe(*cfg)
+        row(f"RRR (M,H,N,r)={cfg} case {aw_case(*cfg)} m={m}", lam, r, "nβ=100 γ=1 ε=5e-4 C=100 burn 3000 draws 3000")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

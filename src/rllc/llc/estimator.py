@@ -1,0 +1,373 @@
+"""The LLC estimator: λ̂ = nβ (E_w[L_n(w)] − L_n(w*)) over SGLD chains localised at w* (Wang et al. 2024 eq. 2–3).
+
+One sampler loop owns the RNG, the minibatches and the chains. Chains (and, in ``estimate_llc_many``,
+components) run at once: the moving parameters are stacked to shape (Q components, C chains, ...) and
+``torch.func.grad`` of a ``functional_call`` is vmapped over both axes; frozen parameters are shared tensors.
+Weight refinement is a mask, data refinement is a different ``data``, the model-as-generator loss is a different
+``loss_fn`` — never a different loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from rllc._errors import RllcError
+from rllc.llc._data import BatchSource
+from rllc.llc.config import SamplerConfig
+from rllc.llc.diagnostics import Diagnostics, _num, diagnose
+from rllc.llc.losses import LossFn, next_token_loss
+from rllc.llc.sgld import sgld_step
+
+Masks = dict[str, torch.Tensor] | None
+
+
+@dataclass(frozen=True, eq=False)
+class LLCResult:
+    """One LLC estimate.
+
+    Attributes:
+        mean: λ̂ averaged over the chains that did not diverge (NaN if all did).
+        std: standard deviation of λ̂ across those chains (ddof=1; NaN with fewer than two).
+        per_chain: (C,) λ̂ of each chain, nβ (mean of its draw losses − init_loss); NaN for a diverged chain.
+        init_loss: L_n(w*), the mean loss at the anchor over ``init_batches`` minibatches (or the full batch).
+        loss_trace: (C, draws) minibatch loss at each draw, NaN after a chain diverged.
+        valid: False if any chain diverged or the mean is negative.
+        diagnostics: slopes, R-hat, divergence and messages.
+        config: the sampler settings that produced this.
+        component: a description of the component that moved (None: the whole model).
+    """
+
+    mean: float
+    std: float
+    per_chain: np.ndarray
+    init_loss: float
+    loss_trace: np.ndarray
+    valid: bool
+    diagnostics: Diagnostics
+    config: SamplerConfig
+    component: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (NaN/inf become None)."""
+        return {
+            "mean": _num(self.mean),
+            "std": _num(self.std),
+            "per_chain": [_num(x) for x in self.per_chain],
+            "init_loss": _num(self.init_loss),
+            "loss_trace": [[_num(x) for x in row] for row in self.loss_trace],
+            "valid": self.valid,
+            "diagnostics": self.diagnostics.to_dict(),
+            "config": self.config.to_dict(),
+            "config_hash": self.config.config_hash(),
+            "component": self.component,
+        }
+
+
+def _make_config(config: SamplerConfig | None, overrides: dict[str, Any]) -> SamplerConfig:
+    if config is not None and not isinstance(config, SamplerConfig):
+        raise RllcError(f"config must be a SamplerConfig, got {type(config).__name__}")
+    return (config or SamplerConfig()).replace(**overrides)
+
+
+def resolve_component(model: nn.Module, component: Any) -> Masks:
+    """Masks for a component: None → None (everything moves); else ``rllc.model.components.resolve_masks``."""
+    from rllc.model.components import resolve_masks
+
+    return resolve_masks(model, component)
+
+
+def _describe(component: Any) -> str | None:
+    if component is None or isinstance(component, str):
+        return component
+    if isinstance(component, dict):
+        return "masks:" + ",".join(sorted(component))
+    return ",".join(str(c) for c in component)
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can swap the model's weights."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+@dataclass
+class _Run:
+    """Raw output of the sampler loop for one component: traces before summarising."""
+
+    trace: np.ndarray  # (C, K)
+    diverged_at: np.ndarray  # (C,), −1 where the chain survived
+    d_moving: int
+
+
+def _threshold(cfg: SamplerConfig, d_moving: int) -> float:
+    return max(cfg.divergence_threshold, 2.0 * d_moving)
+
+
+def _init_loss(wrapper: _LossModule, params: dict, source: BatchSource, cfg: SamplerConfig,
+               gen: torch.Generator) -> float:
+    """L_n(w*): the full-batch loss, or the mean over ``init_batches`` minibatches drawn from ``gen``."""
+    with torch.no_grad():
+        if cfg.batch_size >= source.n:
+            return float(functional_call(wrapper, params, (source.full(),)))
+        losses = [float(functional_call(wrapper, params, (source.draw(gen, (cfg.batch_size,)),)))
+                  for _ in range(cfg.init_batches)]
+    return float(np.mean(losses))
+
+
+def _progress(total: int, on: bool, desc: str):
+    if not on:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="draw")
+
+
+def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: list[Masks],
+                 cfg: SamplerConfig, device: torch.device, init_loss: float, gen: torch.Generator,
+                 noise_gen: torch.Generator, progress: bool) -> list[_Run]:
+    """All components × chains at once. Returns one ``_Run`` per entry of ``masks_list``."""
+    wrapper = _LossModule(model, loss_fn)
+    named = {n: p.detach().to(device) for n, p in model.named_parameters()}
+    buffers = {"model." + n: b.to(device) for n, b in model.named_buffers()}
+    if any(m is None for m in masks_list):
+        moving_names = list(named)
+    else:
+        union = {n for m in masks_list for n, v in m.items() if bool(v.any())}
+        moving_names = [n for n in named if n in union]
+    if not moving_names:
+        raise RllcError("the component selects no parameters; pick a component with at least one moving weight")
+    q, c = len(masks_list), cfg.chains
+    frozen = {"model." + n: t for n, t in named.items() if n not in moving_names} | buffers
+    anchor = {"model." + n: named[n] for n in moving_names}
+    # (Q, 1, *shape) masks; None where every component moves every coordinate of that tensor.
+    masks: dict[str, torch.Tensor | None] = {}
+    d_moving = [0] * q
+    for n in moving_names:
+        per = []
+        for i, m in enumerate(masks_list):
+            mi = torch.ones_like(named[n], dtype=torch.bool) if m is None else \
+                m.get(n, torch.zeros_like(named[n], dtype=torch.bool)).to(device)
+            d_moving[i] += int(mi.sum())
+            per.append(mi)
+        stacked = torch.stack(per).unsqueeze(1)
+        masks["model." + n] = None if bool(stacked.all()) else stacked
+    w = {k: a.expand(q, c, *a.shape).clone() for k, a in anchor.items()}
+
+    def loss_of(moving: dict, batch: Any) -> torch.Tensor:
+        return functional_call(wrapper, (moving, frozen), (batch,))
+
+    full = cfg.batch_size >= source.n
+    over_chains = vmap(grad_and_value(loss_of), in_dims=(0, None if full else 0), randomness="different")
+    step_fn = vmap(over_chains, in_dims=(0, None), randomness="different")
+    full_batch = source.full() if full else None
+
+    k_draws = cfg.draws
+    trace = torch.full((q, c, k_draws), float("nan"), dtype=torch.float64)
+    alive = torch.ones(q, c, dtype=torch.bool, device=device)
+    diverged_at = torch.full((q, c), -1, dtype=torch.long)
+    thresholds = torch.tensor([_threshold(cfg, d) for d in d_moving], device=device).unsqueeze(1)  # (Q, 1)
+    bar = _progress(k_draws, progress, "SGLD")
+    k = 0
+    for t in range(cfg.total_steps):
+        batch = full_batch if full else source.draw(gen, (c, cfg.batch_size))  # leaves (C, B, ...)
+        grads, loss = step_fn(w, batch)  # loss: (Q, C)
+        loss = loss.detach()
+        bad = alive & (~torch.isfinite(loss) | (cfg.nbeta * (loss - init_loss) > thresholds))
+        if bool(bad.any()):
+            diverged_at[bad.cpu()] = t
+            alive &= ~bad
+            for key in w:  # park diverged chains at w* so their NaNs/infs cost nothing downstream
+                w[key] = torch.where(bad.view(q, c, *[1] * anchor[key].dim()), anchor[key], w[key])
+        if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
+            trace[:, :, k] = torch.where(alive, loss, float("nan")).double().cpu()
+            k += 1
+            if bar is not None:
+                bar.update(1)
+        if not bool(alive.any()):
+            break
+        all_alive = bool(alive.all())
+        for key in w:
+            noise = torch.randn(w[key].shape, generator=noise_gen, dtype=w[key].dtype, device="cpu").to(device)
+            m = masks[key]
+            if not all_alive:
+                live = alive.view(q, c, *[1] * anchor[key].dim())
+                m = live if m is None else (m & live)
+            w[key] = sgld_step(w[key], grads[key], noise, anchor[key], m, cfg.epsilon, cfg.nbeta, cfg.gamma)
+    if bar is not None:
+        bar.close()
+    return [_Run(trace=trace[i].numpy(), diverged_at=diverged_at[i].numpy(), d_moving=d_moving[i])
+            for i in range(q)]
+
+
+def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: list[Masks],
+                    cfg: SamplerConfig, device: torch.device, init_loss: float, progress: bool) -> list[_Run]:
+    """One chain at a time with plain autograd on a copy of the model — the reference implementation.
+
+    Chain c of every component draws its minibatches from its own generator (seed spawned from ``cfg.seed``), so
+    components share minibatches; the noise generator is spawned per (component, chain).
+    """
+    seeds = np.random.SeedSequence(cfg.seed).spawn(1 + cfg.chains + len(masks_list) * cfg.chains)
+    runs = []
+    bar = _progress(len(masks_list) * cfg.chains * cfg.draws, progress, "SGLD (sequential)")
+    full = cfg.batch_size >= source.n
+    for qi, masks in enumerate(masks_list):
+        work = copy.deepcopy(model).to(device)
+        named = dict(work.named_parameters())
+        moving = [n for n in named if masks is None or (n in masks and bool(masks[n].any()))]
+        mask_t = {n: (None if masks is None else masks[n].to(device)) for n in moving}
+        d_moving = sum(named[n].numel() if mask_t[n] is None else int(mask_t[n].sum()) for n in moving)
+        anchor = {n: named[n].detach().clone() for n in moving}
+        for n, p in named.items():
+            p.requires_grad_(n in moving)
+        thr = _threshold(cfg, d_moving)
+        trace = np.full((cfg.chains, cfg.draws), np.nan)
+        diverged_at = np.full(cfg.chains, -1)
+        for ci in range(cfg.chains):
+            gen = torch.Generator().manual_seed(int(seeds[1 + ci].generate_state(1)[0]))
+            noise_gen = torch.Generator().manual_seed(
+                int(seeds[1 + cfg.chains + qi * cfg.chains + ci].generate_state(1)[0]))
+            with torch.no_grad():
+                for n in moving:
+                    named[n].copy_(anchor[n])
+            k = 0
+            for t in range(cfg.total_steps):
+                batch = source.full() if full else source.draw(gen, (cfg.batch_size,))
+                loss = loss_fn(work, batch)
+                grads = torch.autograd.grad(loss, [named[n] for n in moving])
+                lv = float(loss.detach())
+                if not math.isfinite(lv) or cfg.nbeta * (lv - init_loss) > thr:
+                    diverged_at[ci] = t
+                    break
+                if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
+                    trace[ci, k] = lv
+                    k += 1
+                    if bar is not None:
+                        bar.update(1)
+                with torch.no_grad():
+                    for n, g in zip(moving, grads):
+                        p = named[n]
+                        noise = torch.randn(p.shape, generator=noise_gen, dtype=p.dtype).to(device)
+                        p.copy_(sgld_step(p, g, noise, anchor[n], mask_t[n], cfg.epsilon, cfg.nbeta, cfg.gamma))
+            if diverged_at[ci] >= 0:
+                trace[ci, k:] = np.nan
+        runs.append(_Run(trace=trace, diverged_at=diverged_at, d_moving=d_moving))
+    if bar is not None:
+        bar.close()
+    return runs
+
+
+def _summarise(run: _Run, init_loss: float, cfg: SamplerConfig, component: Any) -> LLCResult:
+    alive = run.diverged_at < 0
+    per_chain = np.full(cfg.chains, np.nan)
+    if alive.any():
+        per_chain[alive] = cfg.nbeta * (run.trace[alive].mean(axis=1) - init_loss)
+    live = per_chain[alive]
+    mean = float(live.mean()) if live.size else float("nan")
+    std = float(live.std(ddof=1)) if live.size >= 2 else float("nan")
+    diag = diagnose(run.trace, per_chain, run.diverged_at, cfg.nbeta, mean)
+    valid = bool(alive.all() and not diag.negative and math.isfinite(mean))
+    return LLCResult(mean=mean, std=std, per_chain=per_chain, init_loss=float(init_loss), loss_trace=run.trace,
+                     valid=valid, diagnostics=diag, config=cfg, component=_describe(component))
+
+
+def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: LossFn | None,
+              cfg: SamplerConfig, batched: bool, device: str | torch.device, progress: bool) -> list[LLCResult]:
+    device = torch.device(device)
+    loss_fn = next_token_loss if loss_fn is None else loss_fn
+    if not callable(loss_fn):
+        raise RllcError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+    source = BatchSource(data, device)
+    masks_list = [resolve_component(model, comp) for comp in components]
+    gen = torch.Generator().manual_seed(cfg.seed)  # minibatch indices: init batches, then every step
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 0x5EED)  # SGLD noise
+    wrapper = _LossModule(model, loss_fn)
+    params = {"model." + n: p.detach().to(device) for n, p in model.named_parameters()}
+    params |= {"model." + n: b.to(device) for n, b in model.named_buffers()}
+    init = _init_loss(wrapper, params, source, cfg, gen)
+    if not math.isfinite(init):
+        raise RllcError(f"the loss at w* is {init}; check the model and data before sampling")
+    if batched:
+        runs = _run_batched(model, loss_fn, source, masks_list, cfg, device, init, gen, noise_gen, progress)
+    else:
+        runs = _run_sequential(model, loss_fn, source, masks_list, cfg, device, init, progress)
+    return [_summarise(r, init, cfg, comp) for r, comp in zip(runs, components)]
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: LossFn | None = None,
+    component: Any = None,
+    config: SamplerConfig | None = None,
+    batched: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **overrides: Any,
+) -> LLCResult:
+    """Estimate the (refined) local learning coefficient of ``model`` at its current weights w*.
+
+    λ̂ = nβ (E[L_n(w)] − L_n(w*)), the expectation over SGLD chains targeting exp(−nβ L_n(w) − γ/2‖w − w*‖²);
+    see ``rllc.llc.sgld.sgld_step`` for the update rule. The model is not modified.
+
+    Args:
+        model: any module; its current parameters are w*.
+        data: a tensor or tuple of tensors (first dim indexes samples), a map-style Dataset, or a DataLoader
+            (its dataset and collate_fn are used). Each step every chain draws ``batch_size`` samples uniformly
+            with replacement from a generator seeded by ``seed``; ``batch_size >= len(data)`` means full batch.
+            A data-refined estimate is this with another data set.
+        loss_fn: ``loss_fn(model, batch) -> scalar mean loss``; default next-token cross-entropy
+            (``losses.next_token_loss``). ``losses.soft_target_loss(ref)`` gives the model-as-generator loss.
+        component: what moves (weight refinement): None for every parameter, a component name or list of names
+            (rllc transformers, e.g. "1:6"), or a dict parameter name → bool mask; see
+            ``rllc.model.components.resolve_masks``. Everything else stays bitwise at w*.
+        config: a ``SamplerConfig``; keyword ``overrides`` (epsilon, nbeta, gamma, chains, draws, burn_in,
+            steps_per_draw, batch_size, init_batches, seed, divergence_threshold) replace its fields.
+        batched: run all chains at once with torch.func (default); False runs the plain-autograd reference loop.
+        device: where the sampling runs.
+        progress: show a tqdm bar over draws.
+
+    Returns:
+        An ``LLCResult``.
+    """
+    cfg = _make_config(config, overrides)
+    return _estimate(model, data, [component], loss_fn, cfg, batched, device, progress)[0]
+
+
+def estimate_llc_many(
+    model: nn.Module,
+    data: Any,
+    components: Sequence[Any],
+    *,
+    loss_fn: LossFn | None = None,
+    config: SamplerConfig | None = None,
+    batched: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **overrides: Any,
+) -> list[LLCResult]:
+    """``estimate_llc`` for several components at once, one result per component in order.
+
+    Chain c of every component sees the same minibatches (common random numbers: differences between components
+    are less noisy). With ``batched=True`` the components × chains run as one vmapped computation over the union
+    of their moving parameters. Arguments as in ``estimate_llc``.
+    """
+    if isinstance(components, (str, dict)) or not isinstance(components, Sequence) or not components:
+        raise RllcError("components must be a non-empty list of components, e.g. ['0:0', '0:1']")
+    cfg = _make_config(config, overrides)
+    return _estimate(model, data, list(components), loss_fn, cfg, batched, device, progress)

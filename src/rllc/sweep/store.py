@@ -1,0 +1,164 @@
+"""The results store: one SQLite file per run directory, one row per measured quantity.
+
+A row is keyed by (step, component, data, measure, config_hash): writing the same key twice keeps the first row
+(INSERT OR IGNORE), so a resumed or repeated sweep never duplicates work, and changing a hyperparameter changes
+the hash and makes new rows instead of overwriting. SQLite's WAL mode and a busy timeout let two sweeps write to
+one store at once without corrupting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rllc._errors import RllcError
+
+STORE_NAME = "results.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    step INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    data TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    value REAL,
+    std REAL,
+    valid INTEGER NOT NULL,
+    extra TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (step, component, data, measure, config_hash)
+);
+CREATE TABLE IF NOT EXISTS configs (config_hash TEXT PRIMARY KEY, config TEXT NOT NULL);
+"""
+COLUMNS = ["run", "step", "component", "data", "measure", "value", "std", "valid", "config_hash"]
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable 12-hex-digit hash of a JSON-serialisable config (keys sorted)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One measured quantity: e.g. measure "llc" of component "1:6" on data "code" at step 2000.
+
+    `extra` holds what does not fit a column (per-chain values, diagnostics, compact loss traces) as JSON.
+    """
+
+    step: int
+    component: str
+    data: str
+    measure: str
+    config_hash: str
+    value: float | None
+    std: float | None = None
+    valid: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, str, str, str, str]:
+        return (self.step, self.component, self.data, self.measure, self.config_hash)
+
+
+class ResultStore:
+    """The SQLite results store of a run directory (`RUN_DIR/results.sqlite`)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise RllcError(f"{self.run_dir} is not a directory; results live inside a run directory")
+        self.path = self.run_dir / STORE_NAME
+        try:
+            with self._connect() as con:
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise RllcError(f"results store {self.path} is not a valid SQLite file ({e}); move it aside") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=60.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    def put_config(self, chash: str, config: dict[str, Any]) -> None:
+        """Record the config behind a hash (once)."""
+        with self._connect() as con:
+            con.execute("INSERT OR IGNORE INTO configs VALUES (?, ?)", (chash, json.dumps(config, sort_keys=True)))
+
+    def put_many(self, rows: Iterable[ResultRow]) -> int:
+        """Insert rows in one transaction; rows whose key exists are ignored. Returns the number inserted."""
+        now = time.time()
+        values = [(r.step, r.component, r.data, r.measure, r.config_hash,
+                   None if r.value is None else float(r.value), None if r.std is None else float(r.std),
+                   int(bool(r.valid)), json.dumps(r.extra, default=_jsonable), now) for r in rows]
+        with self._connect() as con:
+            before = con.total_changes
+            con.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return con.total_changes - before
+
+    def put(self, row: ResultRow) -> bool:
+        return self.put_many([row]) == 1
+
+    def done_keys(self, measure: str | None = None) -> set[tuple[int, str, str, str, str]]:
+        """Keys already stored (optionally for one measure)."""
+        q = "SELECT step, component, data, measure, config_hash FROM results"
+        with self._connect() as con:
+            rows = con.execute(q + (" WHERE measure = ?" if measure else ""), (measure,) if measure else ()).fetchall()
+        return {tuple(r) for r in rows}
+
+    def extra(self, key: tuple[int, str, str, str, str]) -> dict[str, Any]:
+        """The JSON extras of one row."""
+        with self._connect() as con:
+            r = con.execute("SELECT extra FROM results WHERE step=? AND component=? AND data=? AND measure=? "
+                            "AND config_hash=?", key).fetchone()
+        if r is None:
+            raise RllcError(f"no result stored for {key}")
+        return json.loads(r[0])
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        with self._connect() as con:
+            return {h: json.loads(c) for h, c in con.execute("SELECT config_hash, config FROM configs")}
+
+    def frame(self, *, with_extra: bool = False) -> pd.DataFrame:
+        """All rows as a tidy long-form DataFrame (columns COLUMNS, plus `extra` dicts if asked)."""
+        cols = "step, component, data, measure, value, std, valid, config_hash" + (", extra" if with_extra else "")
+        with self._connect() as con:
+            df = pd.read_sql_query(f"SELECT {cols} FROM results ORDER BY measure, data, component, step", con)
+        df.insert(0, "run", self.run_dir.name)
+        df["valid"] = df["valid"].astype(bool)
+        if with_extra:
+            df["extra"] = df["extra"].map(json.loads)
+        return df
+
+
+def load_results(run_dir: str | Path | Iterable[str | Path], *, with_extra: bool = False) -> pd.DataFrame:
+    """Every stored result of one or several runs as one long-form DataFrame.
+
+    Returns:
+        Rows (run, step, component, data, measure, value, std, valid, config_hash): measure is "llc" for LLC
+        estimates, and the head scores and Hessian measures land in the same table under their own names.
+    """
+    dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    frames = []
+    for d in dirs:
+        if not (Path(d) / STORE_NAME).exists():
+            raise RllcError(f"{d} has no results store ({STORE_NAME}); run `rllc sweep {d}` first")
+        frames.append(ResultStore(d).frame(with_extra=with_extra))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)

@@ -1,0 +1,245 @@
+"""The LLC engine: the SGLD convention, masks, determinism, batched vs sequential, diagnostics, data, losses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from rllc._errors import RllcError
+from rllc.llc import (SamplerConfig, calibrate, estimate_llc, estimate_llc_many, next_token_loss, plot_calibration,
+                      sgld_step, soft_target_loss)
+
+
+def _regression(d=4, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    y = X @ torch.randn(d, generator=g) + 0.1 * torch.randn(n, generator=g)
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(X, y[:, None]).solution.T)
+    return model, X, y
+
+
+def _mse(model, batch):
+    x, y = batch
+    return 0.5 * ((model(x)[:, 0] - y) ** 2).mean()
+
+
+FAST = dict(nbeta=100.0, gamma=10.0, epsilon=1e-3, chains=4, draws=50, batch_size=16)
+
+
+def test_sgld_step_matches_a_hand_computed_step():
+    w, g, xi, w0 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0]), torch.tensor([0.3, -1.0]), torch.tensor([0.0, -1.0])
+    eps, nbeta, gamma = 0.01, 30.0, 200.0
+    # Δw = (ε/2)(−nβ g − γ(w − w*)) + sqrt(ε) ξ
+    #  coord 0: 0.005 * (−15 − 200) + 0.1 * 0.3  = −1.075 + 0.03 = −1.045
+    #  coord 1: 0.005 * (−30 + 200) + 0.1 * (−1) = 0.85 − 0.1   = 0.75
+    out = sgld_step(w, g, xi, w0, None, eps, nbeta, gamma)
+    torch.testing.assert_close(out, torch.tensor([1.0 - 1.045, -2.0 + 0.75]))
+    masked = sgld_step(w, g, xi, w0, torch.tensor([False, True]), eps, nbeta, gamma)
+    assert masked[0].item() == 1.0  # no drift, no noise, no localisation
+    torch.testing.assert_close(masked[1], torch.tensor(-1.25))
+
+
+def test_masked_coordinates_stay_exactly_at_anchor_and_model_is_untouched():
+    model, X, y = _regression()
+    before = model.weight.detach().clone()
+    mask = torch.tensor([[True, False, True, False]])
+    seen = []
+
+    def spy(m, batch):
+        seen.append(m.weight.detach().clone())  # under vmap these are per-chain views; record the frozen ones
+        return _mse(m, batch)
+
+    estimate_llc(model, (X, y), loss_fn=_mse, component={"weight": mask}, **FAST, batched=False)
+    res = estimate_llc(model, (X, y), loss_fn=_mse, component={"weight": mask}, **FAST)
+    assert torch.equal(model.weight, before)
+    # sequential path: inspect the weights the loss saw
+    estimate_llc(model, (X, y), loss_fn=spy, component={"weight": mask}, **{**FAST, "chains": 1}, batched=False)
+    moved = torch.stack(seen)[:, ~mask]
+    assert torch.equal(moved, before[~mask].expand_as(moved))  # bitwise
+    assert (torch.stack(seen)[-1, mask] != before[mask]).all()  # the first 17 calls are L_n(w*) and step 0
+    assert res.valid
+
+
+def test_batched_masked_coordinates_bitwise():
+    from rllc.llc import estimator
+
+    model, X, y = _regression()
+    mask = {"weight": torch.tensor([[False, True, False, False]])}
+    captured = {}
+    orig = estimator.sgld_step
+
+    def capture(params, *a):
+        out = orig(params, *a)
+        captured["w"] = out
+        return out
+
+    estimator.sgld_step = capture
+    try:
+        estimate_llc(model, (X, y), loss_fn=_mse, component=mask, **FAST)
+    finally:
+        estimator.sgld_step = orig
+    w = captured["w"]  # (Q, C, 1, 4)
+    assert torch.equal(w[..., 0, [0, 2, 3]], model.weight.detach()[0, [0, 2, 3]].expand(1, 4, 3))
+    assert not torch.equal(w[..., 0, 1], model.weight.detach()[0, 1].expand(1, 4))
+
+
+def test_deterministic_for_a_seed_and_config_roundtrip():
+    model, X, y = _regression()
+    a = estimate_llc(model, (X, y), loss_fn=_mse, **FAST, seed=3)
+    b = estimate_llc(model, (X, y), loss_fn=_mse, config=SamplerConfig(**FAST, seed=3))
+    c = estimate_llc(model, (X, y), loss_fn=_mse, **FAST, seed=4)
+    assert np.array_equal(a.loss_trace, b.loss_trace) and a.mean == b.mean
+    assert not np.array_equal(a.loss_trace, c.loss_trace)
+    assert a.config.config_hash() == SamplerConfig(**FAST, seed=3).config_hash()
+    assert SamplerConfig(nbeta=30).config_hash() == SamplerConfig(nbeta=30.0).config_hash()
+    assert SamplerConfig.from_dict(a.config.to_dict()) == a.config
+    d = json.loads(json.dumps(a.to_dict(), allow_nan=False))
+    assert d["config"]["seed"] == 3 and len(d["loss_trace"]) == 4
+    with pytest.raises(RllcError, match="unknown sampler setting"):
+        estimate_llc(model, (X, y), loss_fn=_mse, nbetaa=3)
+    with pytest.raises(RllcError, match="epsilon"):
+        SamplerConfig(epsilon=-1.0)
+
+
+def test_batched_and_sequential_agree_statistically():
+    model, X, y = _regression(d=3, n=32)
+    kw = dict(loss_fn=_mse, nbeta=200.0, gamma=20.0, epsilon=2e-3, chains=24, burn_in=50, draws=150, batch_size=8)
+    a = estimate_llc(model, (X, y), **kw)
+    b = estimate_llc(model, (X, y), **kw, batched=False)
+    se = math.sqrt(a.std**2 / 24 + b.std**2 / 24)
+    assert abs(a.mean - b.mean) < 4 * se, (a.mean, b.mean, se)
+    assert a.init_loss == b.init_loss  # same L_n(w*) minibatches
+    assert 0.5 < a.mean < 3.0  # near d/2 = 1.5 (minibatch noise and γ move it a little)
+
+
+def test_divergence_is_flagged_and_other_chains_kept():
+    model, X, y = _regression()
+
+    res = estimate_llc(model, (X, y), loss_fn=_mse, nbeta=1e4, gamma=0.0, epsilon=1.0, chains=3, draws=20,
+                       batch_size=16)
+    assert not res.valid
+    assert len(res.diagnostics.diverged) == 3 and math.isnan(res.mean)
+    assert any("smaller epsilon" in m for m in res.diagnostics.messages)
+
+    # only some chains diverge: a minibatch holding a "poisoned" sample (2 of 64) makes the loss infinite
+    poison = torch.zeros(len(X))
+    poison[:2] = 1.0
+
+    def poisoned(m, batch):
+        x, yy, p = batch
+        return _mse(m, (x, yy)) + torch.where(p.sum() > 0, torch.inf, 0.0)
+
+    res = estimate_llc(model, (X, y, poison), loss_fn=poisoned, nbeta=50.0, gamma=10.0, epsilon=1e-3, chains=8,
+                       draws=20, batch_size=1, init_batches=1, seed=2)
+    assert not res.valid
+    dead = list(res.diagnostics.diverged)
+    assert 0 < len(dead) < 8
+    alive = [c for c in range(8) if c not in dead]
+    assert np.isfinite(res.per_chain[alive]).all() and np.isnan(res.per_chain[dead]).all()
+    assert res.mean == pytest.approx(np.mean(res.per_chain[alive]))
+    assert np.isnan(res.loss_trace[dead, -1]).all()
+
+
+def test_negative_estimate_is_reported_not_clipped():
+    model, X, y = _regression()
+    with torch.no_grad():
+        model.weight.add_(0.5)  # w* far from the minimum: the chains find lower loss
+    res = estimate_llc(model, (X, y), loss_fn=_mse, **{**FAST, "gamma": 1.0})
+    assert res.mean < 0 and (res.per_chain < 0).all()
+    assert res.diagnostics.negative and not res.valid
+    assert any("negative" in m for m in res.diagnostics.messages)
+
+
+class _Pairs(Dataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+def test_data_forms_all_work_and_agree():
+    model, X, y = _regression()
+    kw = dict(loss_fn=_mse, **FAST)
+    ref = estimate_llc(model, (X, y), **kw)
+    for data in [[X, y], TensorDataset(X, y), _Pairs(X, y), DataLoader(_Pairs(X, y), batch_size=7)]:
+        res = estimate_llc(model, data, **kw)
+        np.testing.assert_allclose(res.loss_trace, ref.loss_trace, rtol=1e-5)  # same index draws
+    single = estimate_llc(model, X, loss_fn=lambda m, x: (m(x) ** 2).mean(), **FAST)
+    assert np.isfinite(single.mean)
+    with pytest.raises(RllcError, match="disagree"):
+        estimate_llc(model, (X, y[:5]), **kw)
+
+
+def test_estimate_many_matches_single_components():
+    model, X, y = _regression(d=4)
+    comps = [{"weight": torch.tensor([[True, True, False, False]])}, {"weight": torch.tensor([[False, False, True, True]])}]
+    kw = dict(loss_fn=_mse, nbeta=200.0, gamma=20.0, epsilon=2e-3, chains=16, burn_in=50, draws=100, batch_size=64)
+    many = estimate_llc_many(model, (X, y), comps, **kw)
+    for comp, r in zip(comps, many):
+        single = estimate_llc(model, (X, y), component=comp, **kw)
+        se = math.sqrt(r.std**2 / 16 + single.std**2 / 16)
+        assert abs(r.mean - single.mean) < 4 * se
+        assert 0.6 < r.mean < 1.2  # two coordinates of a regular model: ≈ 1
+
+
+def _tiny_transformer():
+    from rllc.model import ModelConfig, Transformer
+
+    return Transformer(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, n_ctx=8, d_vocab=11), seed=0)
+
+
+def test_transformer_head_component_and_next_token_loss():
+    model = _tiny_transformer()
+    tokens = torch.randint(0, 11, (40, 8), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = estimate_llc(model, tokens, component="0:1", chains=2, draws=10, batch_size=4, init_batches=2)
+    assert np.isfinite(res.mean) and res.loss_trace.shape == (2, 10)
+    assert res.init_loss == pytest.approx(float(np.log(11)), abs=0.3)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    many = estimate_llc_many(model, tokens, ["0:0", "0:1"], chains=2, draws=10, batch_size=4, init_batches=2)
+    assert [r.component for r in many] == ["0:0", "0:1"]
+
+
+def test_soft_target_loss():
+    model = _tiny_transformer()
+    tokens = torch.randint(0, 11, (6, 8), generator=torch.Generator().manual_seed(1))
+
+    class Oracle(nn.Module):  # a (non-causal) reference that is one-hot on the true next token
+        def forward(self, t):
+            return 50.0 * nn.functional.one_hot(t.roll(-1, dims=1), 11).float()
+
+    hard = next_token_loss(model, tokens)
+    soft = soft_target_loss(Oracle())(model, tokens)
+    torch.testing.assert_close(soft, hard, rtol=1e-4, atol=1e-4)
+    # at w* = reference the loss is the reference's mean next-token entropy
+    logp = torch.log_softmax(model(tokens)[:, :-1], -1)
+    entropy = -(logp.exp() * logp).sum(-1).mean()
+    torch.testing.assert_close(soft_target_loss(model)(model, tokens), entropy)
+    res = estimate_llc(model, tokens, loss_fn=soft_target_loss(_tiny_transformer()), component="0:0", chains=2,
+                       draws=5, batch_size=3, init_batches=2)
+    assert np.isfinite(res.mean)
+
+
+def test_calibrate_grid_and_plot(tmp_path):
+    model, X, y = _regression(d=2, n=32)
+    cal = calibrate(model, (X, y), loss_fn=_mse, epsilons=[1e-3, 3e-3, 0.3], nbetas=[100.0], gammas=[10.0],
+                    chains=4, draws=200, batch_size=32)
+    t = cal.table
+    assert len(t) == 3 and {"epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "converged",
+                            "loss_trace"} <= set(t.columns)
+    assert not t.loc[t["epsilon"] == 0.3, "valid"].item()  # ε·nβh ≫ 4: diverges
+    assert cal.recommended is not None and cal.recommended.epsilon == 3e-3
+    path = plot_calibration(cal, tmp_path / "cal.png")
+    assert path.stat().st_size > 1000
