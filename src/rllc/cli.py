@@ -82,6 +82,82 @@ def cmd_heads(args: argparse.Namespace) -> None:
     print(last.drop(columns=["layer", "head"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SGLD sampler (defaults: the paper's released configs)")
+    g.add_argument("--epsilon", type=float, help="step size ε (default 1e-3)")
+    g.add_argument("--nbeta", type=float, help="inverse temperature times sample size, nβ (default 30)")
+    g.add_argument("--gamma", type=float, help="localisation strength γ (default 200)")
+    g.add_argument("--chains", type=int, help="independent chains (default 4)")
+    g.add_argument("--draws", type=int, help="recorded draws per chain (default 200)")
+    g.add_argument("--burn-in", type=int, help="steps discarded before the first draw (default 0)")
+    g.add_argument("--batch-size", type=int, help="sequences per SGLD minibatch (default 32)")
+    g.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    p.add_argument("--n-samples", type=int, default=2048,
+                   help="token windows drawn (seeded) from the data set to estimate on (default 2048)")
+
+
+def _sampler_overrides(args: argparse.Namespace) -> dict:
+    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _llc_inputs(args: argparse.Namespace):  # noqa: ANN202
+    from rllc.train import load_run
+
+    run = load_run(args.run_dir)
+    step = run.steps[-1] if args.step is None else args.step
+    model = run.model_at(step)
+    tokens = run.sample_tokens(args.data, args.n_samples)
+    return run, step, model, tokens
+
+
+def cmd_llc(args: argparse.Namespace) -> None:
+    from rllc.llc import estimate_llc
+
+    run, step, model, tokens = _llc_inputs(args)
+    res = estimate_llc(model, tokens, component=args.component, progress=not args.quiet, **_sampler_overrides(args))
+    if args.json:
+        print(json.dumps({"run": str(run.path), "step": step, "data": args.data, **res.to_dict()}))
+        return
+    c = res.config
+    print(f"λ̂ = {res.mean:.3f} ± {res.std:.3f}  (run {run.path.name}, step {step}, component "
+          f"{args.component or 'all'}, data {args.data})")
+    print(f"per chain: {', '.join(f'{x:.3f}' for x in res.per_chain)};  L_n(w*) = {res.init_loss:.4f}")
+    print(f"ε={c.epsilon:g} nβ={c.nbeta:g} γ={c.gamma:g} chains={c.chains} draws={c.draws} burn-in={c.burn_in} "
+          f"batch={c.batch_size} seed={c.seed}")
+    d = res.diagnostics
+    print(f"valid={res.valid} converged={d.converged} R-hat={d.rhat:.3f}")
+    for m in d.messages:
+        print(f"warning: {m}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from rllc.llc import calibrate, plot_calibration
+
+    run, step, model, tokens = _llc_inputs(args)
+    result = calibrate(model, tokens, epsilons=args.epsilons, nbetas=args.nbetas, gammas=args.gammas,
+                       component=args.component, progress=not args.quiet, **_sampler_overrides(args))
+    cols = [c for c in result.table.columns if c not in ("loss_trace",)]
+    print(result.table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for m in result.messages:
+        print(f"note: {m}")
+    out = Path(args.plot or Path(args.run_dir) / f"calibration_step{step}.png")
+    plot_calibration(result, out)
+    rec = result.recommended
+    if rec is None:
+        print("no setting recommended; widen the grid (smaller ε, larger γ) and look at the plot")
+    else:
+        print(f"recommended: --epsilon {rec.epsilon:g} --nbeta {rec.nbeta:g} --gamma {rec.gamma:g}")
+    print(f"loss traces: {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from rllc.workflows import demo
 
@@ -137,6 +213,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: all)")
     p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser("llc", help="estimate a (refined) local learning coefficient at one checkpoint",
+                       description="Estimate λ̂ = nβ (E[L_n(w)] − L_n(w*)) by SGLD at one checkpoint. "
+                                   "--component restricts which weights move (weight-refined, e.g. one head "
+                                   "'1:6'); --data measures the loss on another distribution (data-refined, "
+                                   "e.g. 'code'); both together give the wdrLLC.")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
+    p.add_argument("--component", help="what moves: a head 'l:h', 'layer:l', 'embed', 'unembed', 'ln', 'all' or "
+                                       "a comma-separated list (default: all)")
+    p.add_argument("--data", default="pretrain", help="data set: 'pretrain' (the run's training data, default), "
+                                                      "'code', 'prose', 'synthetic.dyck', a path, ...")
+    _add_sampler_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (estimate, traces, diagnostics)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_llc)
+
+    p = sub.add_parser("calibrate", help="choose the SGLD step size: a grid over ε, nβ and γ",
+                       description="Run the LLC estimator over a grid of step sizes ε, inverse temperatures nβ "
+                                   "and localisations γ; flag cells whose chains diverge or have not converged, "
+                                   "recommend a setting, and plot the loss traces of every cell.")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
+    p.add_argument("--component", help="component that moves (default: all)")
+    p.add_argument("--data", default="pretrain", help="data set (default: the run's training data)")
+    p.add_argument("--epsilons", type=_floats, default=[3e-4, 1e-3, 3e-3], help="ε grid (default 3e-4,1e-3,3e-3)")
+    p.add_argument("--nbetas", type=_floats, default=[10.0, 30.0], help="nβ grid (default 10,30)")
+    p.add_argument("--gammas", type=_floats, default=[200.0], help="γ grid (default 200)")
+    p.add_argument("--plot", help="PNG path for the traces (default RUN_DIR/calibration_stepS.png)")
+    _add_sampler_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -130,12 +130,30 @@ class Run:
         return pd.DataFrame(rows, columns=["step", "train_loss"])
 
     def dataset(self, spec: str | None = None, split: str = "val"):  # noqa: ANN201 - a Dataset with sample_batch
-        """A data set tokenised with this run's tokenizer (cached in the run directory); default: its training data."""
+        """A data set tokenised with this run's tokenizer (cached in the run directory).
+
+        Args:
+            spec: a data spec; None or "pretrain" means this run's own training data.
+            split: "train" or "val".
+        """
         from rllc.data import build_dataset
 
         cfg = self.config
-        return build_dataset(spec or cfg.train.data, self.tokenizer, n_ctx=cfg.model.n_ctx,
+        if spec in (None, "pretrain"):
+            spec = cfg.train.data
+        return build_dataset(spec, self.tokenizer, n_ctx=cfg.model.n_ctx,
                              cache_dir=self.path / "data", split=split, seed=cfg.train.seed)
+
+
+    def sample_tokens(self, spec: str | None = None, n: int = 2048, *, split: str = "train", seed: int = 0) -> torch.Tensor:
+        """A fixed, seeded sample of `n` token windows (n, n_ctx) from a data spec — the data an LLC is measured on.
+
+        Args:
+            spec: data spec (default "pretrain": the run's own training data); e.g. "code" for a data-refined LLC.
+            n: number of windows.
+            split: "train" (default, as the paper's L_n) or "val".
+        """
+        return self.dataset(spec, split=split).sample_batch(n, torch.Generator().manual_seed(seed))
 
 
 def load_run(path: str | Path) -> Run:
