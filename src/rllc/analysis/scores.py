@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from rllc._errors import RllcError
 from rllc.model.transformer import Transformer
 
 
@@ -49,10 +50,11 @@ def repeated_random_tokens(
 def induction_scores(
     model: Transformer, *, periods: Sequence[int] | None = None, n: int = 32, seed: int = 0
 ) -> torch.Tensor:
-    """Mean attention from each repeated token to the token after its previous occurrence: (n_layers, n_heads).
+    """Mean attention from each repeated token to the tokens after its earlier occurrences: (n_layers, n_heads).
 
     Measured on random tokens repeated with several periods (default: four between n_ctx/8 and n_ctx/2), so a
-    head that attends a fixed offset back cannot score high: only matching on content does.
+    head that attends a fixed offset back cannot score high: only matching on content does. A query in the k-th
+    copy has k−1 earlier occurrences; the score sums its attention over all of their successors.
     """
     cfg = model.cfg
     if periods is None:
@@ -60,15 +62,24 @@ def induction_scores(
     scores = []
     for i, p in enumerate(periods):
         toks = repeated_random_tokens(n, p, cfg.n_ctx, cfg.d_vocab, seed=seed + i)
-        pat = attention_patterns(model, toks)  # (L, B, H, T, T)
-        scores.append(_induction_from_patterns(pat, p))
+        scores.append(induction_from_patterns(attention_patterns(model, toks), toks))
     return torch.stack(scores).mean(0)
 
 
-def _induction_from_patterns(patterns: torch.Tensor, period: int) -> torch.Tensor:
-    """Attention from query i >= period to key i - period + 1, averaged: (L, B, H, T, T) -> (L, H)."""
-    diag = torch.diagonal(patterns, offset=-(period - 1), dim1=-2, dim2=-1)  # query i = key + period - 1
-    return diag[..., 1:].mean(dim=(1, 3))  # drop query period-1, which sits in the first copy
+def induction_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, T_q, T_k): key j follows an earlier occurrence of the query's token (tokens[j-1] == tokens[i])."""
+    prev = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], dim=1)  # (B, T): token before each key
+    T = tokens.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril(-1)  # key j < query i (j = i would be the query itself)
+    return (tokens[:, :, None] == prev[:, None, :]) & causal
+
+
+def induction_from_patterns(patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Induction score from patterns (L, B, H, T, T) on tokens (B, T): (L, H), averaged over queries with a target."""
+    target = induction_targets(tokens).to(patterns.dtype)  # (B, T, T)
+    has = target.sum(-1) > 0  # (B, T) queries whose token occurred before
+    mass = (patterns * target[None, :, None]).sum(-1)  # (L, B, H, T)
+    return (mass * has[None, :, None]).sum(dim=(1, 3)) / has.sum()
 
 
 def head_score_table(model: Transformer, text_tokens: torch.Tensor, *, seed: int = 0) -> pd.DataFrame:
@@ -115,3 +126,67 @@ def head_scores_over_training(
         t.insert(0, "step", step)
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
+
+
+def prefix_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy_prob: float = 0.25,
+                           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random sequences where single tokens of the first half recur in the second half, never with their successor.
+
+    Returns:
+        tokens (n, n_ctx) and target (n, n_ctx): for a recurring token at query j, the key position i + 1 after its
+        earlier occurrence i; -1 elsewhere. Tokens are drawn without replacement and each recurs at most once,
+        never next to another recurrence, so every match is unique and no two-token prefix ever repeats.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    half = n_ctx // 2
+    if vocab - low < n_ctx:
+        raise RllcError(f"prefix matching needs a vocabulary of at least n_ctx + {low} tokens (got {vocab})")
+    tokens = torch.stack([torch.randperm(vocab - low, generator=gen)[:n_ctx] + low for _ in range(n)])  # (n, T)
+    target = torch.full((n, n_ctx), -1, dtype=torch.long)
+    copy = (torch.rand(n, n_ctx, generator=gen) < copy_prob).tolist()
+    for b in range(n):
+        sources = torch.randperm(max(1, half - 1), generator=gen).tolist()  # each first-half token recurs once
+        for j in range(half + 1, n_ctx):
+            # No two copies side by side, so neither the token before nor the one after a copy ever recurs.
+            if copy[b][j] and sources and target[b, j - 1] < 0:
+                i = sources.pop()
+                tokens[b, j] = tokens[b, i]
+                target[b, j] = i + 1
+    return tokens, target
+
+
+def prefix_matching_scores(model: Transformer, *, n: int = 32, seed: int = 0) -> torch.Tensor:
+    """Prefix-matching score (Olsson et al. 2022): attention from a token to the token after its earlier occurrence.
+
+    Unlike `induction_scores` (long repeated spans), only single tokens recur (see `prefix_matching_tokens`), so a
+    head must match on the current token alone. Returns (n_layers, n_heads): mean attention to the target key.
+    """
+    cfg = model.cfg
+    tokens, target = prefix_matching_tokens(n, cfg.n_ctx, cfg.d_vocab, seed=seed)
+    pats = attention_patterns(model, tokens)  # (L, B, H, T, T)
+    b, q = (target >= 0).nonzero(as_tuple=True)
+    if len(b) == 0:
+        raise RllcError(f"no recurring tokens drawn for the prefix-matching score; raise n (got {n})")
+    pats = pats.permute(0, 2, 1, 3, 4)  # (L, H, B, T, T)
+    return pats[..., b, q, target[b, q]].mean(-1)  # (L, H)
+
+
+def icl_positions(n_ctx: int) -> tuple[int, int]:
+    """(late, early) positions of the ICL score: the paper's tokens 500 and 50 of n_ctx 1024 scaled to n_ctx.
+
+    late = round(n_ctx * 500 / 1024), early = round(n_ctx * 50 / 1024) (at least 1), both capped at n_ctx - 2,
+    the last position with a next token. n_ctx 64 gives (31, 3).
+    """
+    late = min(n_ctx - 2, round(n_ctx * 500 / 1024))
+    early = min(late, max(1, round(n_ctx * 50 / 1024)))
+    return late, early
+
+
+def icl_score(per_token_loss: torch.Tensor) -> float:
+    """ICL score (Olsson et al. 2022) from per-token losses (B, T - 1): mean loss at `late` minus at `early`.
+
+    Position t is the loss of predicting token t + 1; positions come from `icl_positions(T)`. Negative means
+    the model predicts later tokens better, i.e. it learns in context.
+    """
+    late, early = icl_positions(per_token_loss.shape[1] + 1)
+    return float(per_token_loss[:, late].mean() - per_token_loss[:, early].mean())
