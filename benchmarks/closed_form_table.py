@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _closed_form import Packed, aoyagi_watanabe, aw_case, packed_loss, quad_1d  # noqa: E402
-from test_llc_closed_form import DUMMY, RRR_SLOW, _gauss_exact, _mse, _whitened_regression  # noqa: E402
+from _closed_form import (Packed, PaddedRRR, Product, aoyagi_watanabe, aw_case, module_loss,  # noqa: E402
+                          packed_loss, quad_prod_k1)
+from test_llc_closed_form import (DUMMY, PROD_SETTINGS, RRR_SETTINGS, RRR_SLOW, _mse,  # noqa: E402
+                                  _whitened_regression)
 
 from rllc.llc import estimate_llc, estimate_llc_many  # noqa: E402
 
@@ -45,12 +47,18 @@ def main() -> None:
     for ks, r in zip(sums, res):
         name = " + ".join(f"w{i + 1}^{2 * k}" for i, k in enumerate(ks))
         row(f"normal crossing {name}", sum(1 / (2 * k) for k in ks), r, "nβ=1e4 γ=1 ε=3e-5 C=200 burn 1500 draws 1500")
-    model = Packed([("rrr", *c) for c in RRR_SLOW])
-    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(RRR_SLOW))], loss_fn=packed_loss,
-                            nbeta=100.0, gamma=1.0, epsilon=5e-4, chains=100, burn_in=3000, draws=3000, batch_size=1)
+    model = PaddedRRR(RRR_SLOW)
+    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(RRR_SLOW))], loss_fn=module_loss,
+                            batch_size=1, **RRR_SETTINGS)
+    hp = "nβ=100 γ=1 ε=5e-4 C=64 burn 2000 draws 2000"
     for cfg, r in zip(RRR_SLOW, res):
         lam, m = aoyagi_watanabe(*cfg)
-        row(f"RRR (M,H,N,r)={cfg} case {aw_case(*cfg)} m={m}", lam, r, "nβ=100 γ=1 ε=5e-4 C=100 burn 3000 draws 3000")
+        row(f"RRR (M,H,N,r)={cfg} case {aw_case(*cfg)} m={m}", lam, r, hp)
+    for ks in [(1, 2), (1, 1)]:
+        r = estimate_llc(Product(1.0, ks), DUMMY, loss_fn=module_loss, batch_size=1, **PROD_SETTINGS)
+        exact = quad_prod_k1(1.0, ks[1], 10.0, 1.0)
+        row(f"product w1^2 w2^{2 * ks[1]} (λ={1 / (2 * max(ks)):g}); true = exact finite-nβ", exact, r,
+            "nβ=10 γ=1 ε=2e-3 C=1000 burn 3000 draws 3000")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,66 @@ def quad_prod_2d(c: float, k1: int, k2: int, nbeta: float, gamma: float, n: int 
     e = nbeta * c * w1 ** (2 * k1) * w2 ** (2 * k2)
     p = np.exp(-e - gamma * (w1**2 + w2**2) / 2) * dw[:, None] * dw[None, :]
     return float((e * p).sum() / p.sum())
+
+
+class PaddedRRR(nn.Module):
+    """Several reduced-rank regressions in two padded tensors, so one step is one batched matmul.
+
+    A: (Q, H_max, M_max), B: (Q, N_max, H_max); problem q uses A[q, :H, :M] and B[q, :N, :H], the padding stays
+    at zero (it is outside every component's mask, so the sampler never moves it). Loss Σ_q ½‖B_q A_q − C0_q‖²_F
+    (whitened inputs); at w* (balanced rank-r factorisation, extra directions zero) every term is exactly 0, so
+    moving only problem q's coordinates samples problem q alone.
+    """
+
+    def __init__(self, configs: list[tuple[int, int, int, int]]) -> None:
+        super().__init__()
+        self.configs = configs
+        q = len(configs)
+        Mm, Hm, Nm = (max(c[i] for c in configs) for i in range(3))
+        A = torch.zeros(q, Hm, Mm, dtype=torch.float64)
+        B = torch.zeros(q, Nm, Hm, dtype=torch.float64)
+        C0 = torch.zeros(q, Nm, Mm, dtype=torch.float64)
+        for i, (_, _, _, r) in enumerate(configs):
+            A[i, :r, :r] = B[i, :r, :r] = C0[i, :r, :r] = torch.eye(r, dtype=torch.float64)
+        self.A, self.B = nn.Parameter(A), nn.Parameter(B)
+        self.register_buffer("C0", C0)
+
+    def loss(self) -> torch.Tensor:
+        return 0.5 * ((self.B @ self.A - self.C0) ** 2).sum()
+
+    def component(self, q: int) -> dict[str, torch.Tensor]:
+        M, H, N, _ = self.configs[q]
+        a, b = torch.zeros_like(self.A, dtype=torch.bool), torch.zeros_like(self.B, dtype=torch.bool)
+        a[q, :H, :M] = True
+        b[q, :N, :H] = True
+        return {"A": a, "B": b}
+
+
+class Product(nn.Module):
+    """K(w) = c Π_i w_i^{2k_i}, w* = 0, in one vectorised expression."""
+
+    def __init__(self, c: float, ks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.c = c
+        self.register_buffer("k2", 2.0 * torch.tensor(ks, dtype=torch.float64))
+        self.w = nn.Parameter(torch.zeros(len(ks), dtype=torch.float64))
+
+    def loss(self) -> torch.Tensor:
+        return self.c * (self.w**self.k2).prod()
+
+
+def module_loss(model: nn.Module, batch) -> torch.Tensor:
+    return model.loss()
+
+
+def quad_prod_k1(c: float, k2: int, nbeta: float, gamma: float) -> float:
+    """Exact E[nβ c w1² w2^{2k2}] under ∝ exp(−nβ K − γ|w|²/2), reduced to one dimension.
+
+    Given w2, w1 is Gaussian with precision a(w2) = 2nβc w2^{2k2} + γ, so E[nβK | w2] = nβc w2^{2k2}/a(w2) and
+    w2 has marginal density ∝ exp(−γ w2²/2) a(w2)^{−1/2}: a 1-D integral on a fine grid.
+    """
+    w = np.linspace(-14 / math.sqrt(gamma), 14 / math.sqrt(gamma), 2_000_001)
+    x = nbeta * c * w ** (2 * k2)
+    a = 2 * x + gamma
+    p = np.exp(-gamma * w**2 / 2) / np.sqrt(a)
+    return float((p * x / a).sum() / p.sum())

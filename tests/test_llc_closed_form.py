@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from _closed_form import Packed, aoyagi_watanabe, packed_loss, quad_1d, quad_prod_2d
+from _closed_form import (Packed, PaddedRRR, Product, aoyagi_watanabe, module_loss, packed_loss, quad_1d,
+                          quad_prod_2d, quad_prod_k1)
 from rllc.llc import estimate_llc, estimate_llc_many
 
 DUMMY = torch.zeros(1)  # losses below ignore the data: one sample, full batch
@@ -67,30 +68,32 @@ def test_regular_model_gives_half_the_dimension(d):
     _check(res, d / 2, 0.05, disc)
 
 
-# (M, H, N, r) covering Aoyagi–Watanabe cases 1 (even parity), 2, 3 and 4; the slow test adds more sizes and
-# the odd-parity sub-case of case 1.
-RRR_FAST = [(3, 3, 3, 1), (2, 2, 5, 0), (5, 2, 2, 0), (2, 4, 2, 0)]
-RRR_SLOW = RRR_FAST + [(4, 3, 4, 2), (2, 2, 6, 1), (6, 2, 2, 1), (2, 3, 2, 2)]
+# (M, H, N, r): Aoyagi–Watanabe case 1 even (3,3,3,1), case 1 odd (4,3,4,2), case 2, case 3, and (2,4,2,0), which
+# sits on the case-1/case-4 boundary (M+N = H+r; aw_case calls it case 1). The strict case-4 configuration
+# (2,3,2,2) is in the slow set and currently reads +6.4% (open: see docs/llc.md).
+RRR_FAST = [(3, 3, 3, 1), (4, 3, 4, 2), (2, 2, 5, 0), (5, 2, 2, 0), (2, 4, 2, 0)]
+RRR_SLOW = RRR_FAST + [(3, 2, 3, 1), (2, 2, 6, 1), (6, 2, 2, 1), (2, 3, 2, 2)]
+RRR_SETTINGS = dict(nbeta=100.0, gamma=1.0, epsilon=5e-4, chains=64, burn_in=2000, draws=2000)
 
 
-def _rrr(configs, chains, burn_in, draws):
+def _rrr(configs, **settings):
     # u-units: γ = 1, so nβ is N_eff = nβ/γ² of the reduced quartic problem. At N_eff = 100 the m = 1 cases are
-    # within ~3%; an odd case has m = 2 and sits about 1/log(nβ) below λ (still < 5% for λ = 7).
-    model = Packed([("rrr", *c) for c in configs])
-    nbeta = 100.0
+    # within ~3%; an odd case has m = 2 and sits about 1/log(nβ) below λ (< 5% for λ ≥ 7). The flat directions
+    # relax at the prior's pace εγ/2 per step: 2000 steps of burn-in at ε = 5e-4 is past the rise (see the
+    # windowed traces in docs/llc.md). All problems share two padded tensors and run as one batched sampler.
+    model = PaddedRRR(configs)
     results = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(configs))],
-                                loss_fn=packed_loss, nbeta=nbeta, gamma=1.0, epsilon=0.05 / nbeta, chains=chains,
-                                burn_in=burn_in, draws=draws, batch_size=1)
+                                loss_fn=module_loss, batch_size=1, **{**RRR_SETTINGS, **settings})
     for cfg, res in zip(configs, results):
         lam, m = aoyagi_watanabe(*cfg)
         _check(res, lam, 0.05)
         if m == 2:
             assert res.mean < lam  # the log-multiplicity correction lowers finite-nβ estimates
+    return results
 
 
-@pytest.mark.slow  # ~50 s: the flat directions of the quartic part need ~3000 steps to equilibrate
 def test_reduced_rank_regression_matches_aoyagi_watanabe():
-    _rrr(RRR_FAST, chains=100, burn_in=3000, draws=3000)
+    _rrr(RRR_FAST)
 
 
 @pytest.mark.slow
@@ -123,23 +126,38 @@ def test_normal_crossings_sums_and_products():
         _check(res, sum(1 / (2 * k) for k in ks), 0.05, exact)
 
 
-@pytest.mark.slow  # the flat axes of a product mix only at the prior's pace: ~4000 steps
-def test_normal_crossing_products_match_quadrature_and_trend_to_lambda():
-    # c Π w_i^{2k_i}: λ = min 1/(2k_i); at finite nβ compare with the exact value by 2-D quadrature.
-    prods = [(1, 2), (1, 1)]  # w1² w2⁴ (λ = 1/4, m = 1), w1² w2² (λ = 1/2, m = 2)
-    nbeta, gamma = 10.0, 1.0
-    model = Packed([("prod", 1.0, ks) for ks in prods])
-    results = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(prods))], loss_fn=packed_loss,
-                                nbeta=nbeta, gamma=gamma, epsilon=5e-4, chains=200, burn_in=2000, draws=2000,
-                                batch_size=1)
-    for ks, res in zip(prods, results):
-        _check(res, quad_prod_2d(1.0, *ks, nbeta, gamma), 0.05)
+# The flat axes of a product mix at the prior's pace εγ/2 per step, so burn-in must be ~6/(εγ) steps: at ε = 5e-4
+# the former 2000-step burn-in was half a relaxation time and λ̂ still rose through the draws (0.152 → 0.186 in
+# windows of 250), and 200 chains give se ≈ 6% — that, not a bug, was the 0.159 vs 0.173 miss. A long direct
+# simulation (20,000 chains, 6/ε + 6/ε steps) gives for w1²w2⁴ at nβ = 10, γ = 1: 0.1739 (ε 5e-4), 0.1745 (1e-3),
+# 0.1760 (2e-3), 0.1787 (4e-3) against the exact 0.1734 — an O(ε) discretisation bias of +1.5% at ε = 2e-3.
+PROD_SETTINGS = dict(nbeta=10.0, gamma=1.0, epsilon=2e-3, chains=1000, burn_in=3000, draws=3000)
+
+
+def _product(ks, **settings):
+    model = Product(1.0, ks)
+    res = estimate_llc(model, DUMMY, loss_fn=module_loss, batch_size=1, **{**PROD_SETTINGS, **settings})
+    exact = quad_prod_k1(1.0, ks[1], res.config.nbeta, res.config.gamma)
+    _check(res, exact, 0.05, exact * 1.015)  # the +1.5% is the measured SGLD bias at ε = 2e-3
+    return res, exact
+
+
+def test_normal_crossing_product_matches_quadrature():
+    # c Π w_i^{2k_i}: λ = min 1/(2k_i); at finite nβ compare with the exact value (1-D reduction, below).
+    _product((1, 2))  # w1² w2⁴: λ = 1/4, m = 1
+
+
+@pytest.mark.slow
+def test_normal_crossing_products_match_quadrature_more():
+    _product((1, 1))  # w1² w2²: λ = 1/2, m = 2
+    _product((1, 2), epsilon=5e-4, chains=400, burn_in=12000, draws=6000)
 
 
 def test_normal_crossing_products_trend_toward_lambda():
-    for ks, lam in [((1, 2), 0.25), ((1, 1), 0.5)]:
-        vals = [quad_prod_2d(1.0, *ks, nb, 1.0) for nb in (10.0, 1e3, 1e6)]
-        assert vals[0] < vals[1] < vals[2] < lam
+    assert quad_prod_k1(1.0, 2, 10.0, 1.0) == pytest.approx(quad_prod_2d(1.0, 1, 2, 10.0, 1.0, n=2001), rel=1e-4)
+    for k2, lam in [(2, 0.25), (1, 0.5)]:
+        vals = [quad_prod_k1(1.0, k2, nb, 1.0) for nb in (10.0, 1e3, 1e6, 1e9)]
+        assert vals[0] < vals[1] < vals[2] < vals[3] < lam
         assert lam - vals[2] < 0.3 * (lam - vals[0])
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,14 +74,15 @@ def test_resume_equals_uninterrupted(tiny_text, tmp_path):
 def test_kill_minus_nine_then_resume(tiny_text, tmp_path):
     cfgs = tiny_configs(tiny_text, steps=400, checkpoints="every:50")
     full = train(*cfgs, tmp_path / "full", progress=False)
-    code = (f"import sys; sys.path.insert(0, {str(tiny_text.parent.parent)!r});"
+    repo = Path(__file__).resolve().parents[1]
+    code = (f"import sys, torch; torch.set_num_threads(1); sys.path.insert(0, {str(repo)!r});"  # same threads: bitwise
             "from rllc.train import train; from tests.conftest import tiny_configs; from pathlib import Path;"
             f"train(*tiny_configs(Path({str(tiny_text)!r}), steps=400, checkpoints='every:50'), "
             f"Path({str(tmp_path / 'killed')!r}), progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code])
     ckpts = tmp_path / "killed" / "checkpoints"
     while proc.poll() is None and len(list(ckpts.glob("*.json"))) < 4:
-        pass
+        time.sleep(0.05)
     proc.kill()
     proc.wait()
     resumed = train(*cfgs, tmp_path / "killed", progress=False)

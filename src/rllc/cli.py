@@ -75,11 +75,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_heads(args: argparse.Namespace) -> None:
-    from rllc.workflows import head_scores_over_training
+    from rllc.analysis import heads_command
 
-    table = head_scores_over_training(args.run_dir, steps=args.steps)
-    last = table[table.step == table.step.max()]
-    print(last.drop(columns=["layer", "head"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    res = heads_command(args.run_dir, args.steps, progress=None if args.quiet else print)
+    cols = [c for c in res.table.columns if c not in ("evidence",)]
+    print(res.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for line in res.summary:
+        print(line)
 
 
 def _floats(s: str) -> list[float]:
@@ -207,11 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("heads", help="previous-token, current-token and induction scores of every head",
-                       description="Compute each head's previous-token, current-token and induction scores at "
-                                   "the given checkpoints; print the table at the last one.")
+    p = sub.add_parser("heads", help="head analysis over training: scores, ablations, composition, head types",
+                       description="Compute and store, over checkpoints, every head's previous-token, "
+                                   "current-token, induction and prefix-matching scores, ICL score, zero/mean/"
+                                   "resample ablation scores and Q/K/V-composition; at the last checkpoint, "
+                                   "tokens in context, path patching and automatic head types. Writes tables, "
+                                   "PNGs and a tokens-in-context HTML page into RUN_DIR/heads; re-runs skip "
+                                   "what is stored.")
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: all)")
+    p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: 16 spread in log step)")
+    p.add_argument("--quiet", action="store_true", help="no per-checkpoint progress lines")
     p.set_defaults(func=cmd_heads)
 
     p = sub.add_parser("llc", help="estimate a (refined) local learning coefficient at one checkpoint",

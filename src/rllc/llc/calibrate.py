@@ -57,7 +57,7 @@ def calibrate(
     loss_fn: LossFn | None = None,
     component: Any = None,
     config: SamplerConfig | None = None,
-    batched: bool = True,
+    batched: bool | str = "auto",
     device: str = "cpu",
     progress: bool = False,
     **overrides: Any,

@@ -167,6 +167,7 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
         stacked = torch.stack(per).unsqueeze(1)
         masks["model." + n] = None if bool(stacked.all()) else stacked
     w = {k: a.expand(q, c, *a.shape).clone() for k, a in anchor.items()}
+    noise_counts = {k: c * int(m.sum()) for k, m in masks.items() if m is not None}
 
     def loss_of(moving: dict, batch: Any) -> torch.Tensor:
         return functional_call(wrapper, (moving, frozen), (batch,))
@@ -202,8 +203,13 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
             break
         all_alive = bool(alive.all())
         for key in w:
-            noise = torch.randn(w[key].shape, generator=noise_gen, dtype=w[key].dtype, device="cpu").to(device)
             m = masks[key]
+            if m is None:
+                noise = torch.randn(w[key].shape, generator=noise_gen, dtype=w[key].dtype, device="cpu").to(device)
+            else:  # draw only the coordinates that move (a head is 1/H of its tensors; Q components share none)
+                full_m = m.expand(w[key].shape)
+                draws_ = torch.randn(noise_counts[key], generator=noise_gen, dtype=w[key].dtype, device="cpu")
+                noise = torch.zeros_like(w[key]).masked_scatter_(full_m, draws_.to(device))
             if not all_alive:
                 live = alive.view(q, c, *[1] * anchor[key].dim())
                 m = live if m is None else (m & live)
@@ -285,8 +291,22 @@ def _summarise(run: _Run, init_loss: float, cfg: SamplerConfig, component: Any) 
                      valid=valid, diagnostics=diag, config=cfg, component=_describe(component))
 
 
+# Measured on 1 CPU core (benchmarks/bench_llc.py): for the rllc `cpu` preset transformer (~0.3M parameters,
+# batch 32 × 64 tokens) 4 vmapped chains cost ~1.6× as much as 4 chains one after another with plain autograd
+# (functorch's batched einsums, gather and explicit-softmax attention are slower than the unbatched kernels, and
+# the sequential loop differentiates only the moving parameters); for toy models (≤ a few thousand parameters)
+# the sampler is overhead-bound and vmap over chains wins by orders of magnitude. "auto" picks by this size rule
+# (deterministic, so a seed always selects the same random streams).
+_BATCHED_MAX_WORK = 2_000_000  # parameters × samples per minibatch
+
+
+def _prefer_batched(model: nn.Module, cfg: SamplerConfig) -> bool:
+    n_params = sum(p.numel() for p in model.parameters())
+    return n_params * cfg.batch_size <= _BATCHED_MAX_WORK
+
+
 def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: LossFn | None,
-              cfg: SamplerConfig, batched: bool, device: str | torch.device, progress: bool) -> list[LLCResult]:
+              cfg: SamplerConfig, batched: bool | str, device: str | torch.device, progress: bool) -> list[LLCResult]:
     device = torch.device(device)
     loss_fn = next_token_loss if loss_fn is None else loss_fn
     if not callable(loss_fn):
@@ -301,6 +321,8 @@ def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: L
     init = _init_loss(wrapper, params, source, cfg, gen)
     if not math.isfinite(init):
         raise RllcError(f"the loss at w* is {init}; check the model and data before sampling")
+    if batched == "auto":
+        batched = _prefer_batched(model, cfg)
     if batched:
         runs = _run_batched(model, loss_fn, source, masks_list, cfg, device, init, gen, noise_gen, progress)
     else:
@@ -315,7 +337,7 @@ def estimate_llc(
     loss_fn: LossFn | None = None,
     component: Any = None,
     config: SamplerConfig | None = None,
-    batched: bool = True,
+    batched: bool | str = "auto",
     device: str | torch.device = "cpu",
     progress: bool = False,
     **overrides: Any,
@@ -338,7 +360,10 @@ def estimate_llc(
             ``rllc.model.components.resolve_masks``. Everything else stays bitwise at w*.
         config: a ``SamplerConfig``; keyword ``overrides`` (epsilon, nbeta, gamma, chains, draws, burn_in,
             steps_per_draw, batch_size, init_batches, seed, divergence_threshold) replace its fields.
-        batched: run all chains at once with torch.func (default); False runs the plain-autograd reference loop.
+        batched: True runs all chains (and components) at once with ``torch.func.vmap``; False runs chains one
+            after another with plain autograd, differentiating only the moving parameters; "auto" (default)
+            picks vmap for small models (parameters × batch_size ≤ 2e6) and the sequential loop otherwise —
+            the faster of the two as measured in benchmarks/bench_llc.py.
         device: where the sampling runs.
         progress: show a tqdm bar over draws.
 
@@ -356,7 +381,7 @@ def estimate_llc_many(
     *,
     loss_fn: LossFn | None = None,
     config: SamplerConfig | None = None,
-    batched: bool = True,
+    batched: bool | str = "auto",
     device: str | torch.device = "cpu",
     progress: bool = False,
     **overrides: Any,

@@ -154,9 +154,7 @@ def train(
                             weight_decay=train_cfg.weight_decay)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     start = _load_state(out, model, opt, gen)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(train_cfg))
-    for _ in range(start):  # the schedule is a pure function of the step
-        sched.step()
+    lr_at = _lr_lambda(train_cfg)  # a pure function of the step, so resuming needs no scheduler state
     schedule = set(checkpoint_schedule(train_cfg.steps, train_cfg.checkpoints))
     tokens_per_step = train_cfg.batch_size * model_cfg.n_ctx
     metrics_path = out / "metrics.jsonl"
@@ -185,6 +183,8 @@ def train(
     t0 = time.perf_counter()
     with open(metrics_path, "a") as log:
         for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = train_cfg.lr * lr_at(step - 1)
             x = train_ds.sample_batch(train_cfg.batch_size, gen).to(device)  # (B, T)
             loss = next_token_loss(model(x), x)
             opt.zero_grad(set_to_none=True)
@@ -192,7 +192,6 @@ def train(
             if train_cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
-            sched.step()
             window.append(loss.item())
             since_ckpt.append(window[-1])
             if step % train_cfg.log_every == 0 or step == last:
