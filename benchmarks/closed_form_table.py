@@ -1,6 +1,6 @@
 """Print the closed-form validation table of the LLC estimator (markdown), as in docs/llc.md.
 
-Run: .venv/bin/python benchmarks/closed_form_table.py [--quick]   (a few minutes on 2 CPU cores)
+Run: .venv/bin/python benchmarks/closed_form_table.py [--rrr]   (a few minutes on 2 CPU cores; --rrr: RRR rows only)
 The cases and settings are those of tests/test_llc_closed_form.py.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _closed_form import (Packed, PaddedRRR, Product, aoyagi_watanabe, aw_case, module_loss,  # noqa: E402
-                          packed_loss, quad_prod_k1)
+                          packed_loss, quad_prod_k1, rrr_exact)
 from test_llc_closed_form import (DUMMY, PROD_SETTINGS, RRR_SETTINGS, RRR_SLOW, _mse,  # noqa: E402
                                   _whitened_regression)
 
@@ -27,9 +27,11 @@ def row(case, lam, res, hp):
     print(f"| {case} | {lam:.4g} | {res.mean:.4g} | {res.std:.3g} (se {se:.2g}) | {100 * (res.mean / lam - 1):+.1f}% | {hp} |")
 
 
-def main() -> None:
+def main(rrr_only: bool = False) -> None:
     print("| case | true λ | estimate | std across chains | rel. error | hyperparameters |")
     print("|---|---|---|---|---|---|")
+    if rrr_only:
+        return rrr_rows()
     for d in (2, 5, 12):
         h = np.linspace(1.0, 2.0, d)
         model, data = _whitened_regression(d, 64, h, seed=d)
@@ -47,13 +49,7 @@ def main() -> None:
     for ks, r in zip(sums, res):
         name = " + ".join(f"w{i + 1}^{2 * k}" for i, k in enumerate(ks))
         row(f"normal crossing {name}", sum(1 / (2 * k) for k in ks), r, "nβ=1e4 γ=1 ε=3e-5 C=200 burn 1500 draws 1500")
-    model = PaddedRRR(RRR_SLOW)
-    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(RRR_SLOW))], loss_fn=module_loss,
-                            batch_size=1, **RRR_SETTINGS)
-    hp = "nβ=100 γ=1 ε=5e-4 C=64 burn 2000 draws 2000"
-    for cfg, r in zip(RRR_SLOW, res):
-        lam, m = aoyagi_watanabe(*cfg)
-        row(f"RRR (M,H,N,r)={cfg} case {aw_case(*cfg)} m={m}", lam, r, hp)
+    rrr_rows()
     for ks in [(1, 2), (1, 1)]:
         r = estimate_llc(Product(1.0, ks), DUMMY, loss_fn=module_loss, batch_size=1, **PROD_SETTINGS)
         exact = quad_prod_k1(1.0, ks[1], 10.0, 1.0)
@@ -61,6 +57,23 @@ def main() -> None:
             "nβ=10 γ=1 ε=2e-3 C=1000 burn 3000 draws 3000")
 
 
+def rrr_rows() -> None:
+    configs = RRR_SLOW + [(2, 3, 2, 2)]  # + case 4 at the full nβ, to show its SGLD bias (docs/llc.md)
+    model = PaddedRRR(configs)
+    res = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(configs))], loss_fn=module_loss,
+                            batch_size=1, **RRR_SETTINGS)
+    for cfg, r in zip(configs, res):
+        lam, m = aoyagi_watanabe(*cfg[:4])
+        s = cfg[4] if len(cfg) > 4 else 1.0
+        nb = RRR_SETTINGS["nbeta"] * s
+        extra = ""
+        if cfg[:4] == (2, 3, 2, 2):
+            exact, _ = rrr_exact(*cfg[:4], nb, RRR_SETTINGS["gamma"])
+            extra = f", exact finite-nβ {exact:.4g}"
+        hp = f"nβ={nb:g}{' (loss ×%g)' % s if s != 1 else ''} γ=1 ε=5e-4 C=64 burn 2000 draws 2000"
+        row(f"RRR (M,H,N,r)={cfg[:4]} case {aw_case(*cfg[:4])} m={m}{extra}", lam, r, hp)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main()
+    main(rrr_only="--rrr" in sys.argv)

@@ -160,18 +160,54 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(f"loss traces: {out}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from rllc.sweep import sweep
+
+    result = sweep(args.run_dirs, components=args.components, data=args.data, steps=args.steps,
+                   n_samples=args.n_samples, executor=args.executor, address=args.address, workers=args.workers,
+                   progress=not args.quiet, **_sampler_overrides(args))
+    print(result)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from rllc.report.curves import plot_sweep
+
+    for path in plot_sweep(args.run_dirs, args.out, config_hash=args.config_hash):
+        print(path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from rllc.sweep import export_results
+
+    for path in export_results(args.run_dirs, args.out, formats=args.formats.split(",")):
+        print(path)
+
+
+def cmd_hessian(args: argparse.Namespace) -> None:
+    from rllc.analysis.hessian_sweep import hessian_sweep
+
+    res = hessian_sweep(args.run_dir, measure=args.measure, components=args.components, data=args.data,
+                        steps=args.steps, progress=not args.quiet)
+    print(res)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from rllc.report.html import write_report
+
+    print(write_report(args.run_dirs, args.out))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from rllc.workflows import demo
 
-    t0 = time.perf_counter()
     result = demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
-    print()
-    print("head scores at the last checkpoint (step %d):" % result.last_step)
-    print(result.head_table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    cols = ["component", "prev_token_score", "current_token_score", "induction_score", "label", "confidence"]
+    print(f"\nheads at the last checkpoint (step {result.last_step}):")
+    print(result.head_table[[c for c in cols if c in result.head_table]].to_string(
+        index=False, float_format=lambda x: f"{x:.3f}"))
     print()
     for line in result.summary:
         print(line)
-    print(f"total wall time {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,11 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rllc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="train the cpu preset on the built-in corpus and write the analysis",
+    p = sub.add_parser("demo", help="the whole method on CPU: train, rLLC sweep, head analysis, report",
                        description="Train the `cpu` preset on the built-in offline corpus (prose + Python code + "
-                                   "repeated random spans), keeping checkpoints across training; write a "
-                                   "loss-curve PNG and per-head score tables and curves. Runs on CPU in minutes; "
-                                   "interrupt and re-run to resume.")
+                                   "repeated random spans) keeping checkpoints across training; estimate per-head "
+                                   "rLLCs on the pre-training data and on code and the full-model LLC over "
+                                   "training; analyse every head (scores, ablations, composition, head types); "
+                                   "write figures and one HTML report. About 15 minutes on 2 cores; interrupt "
+                                   "and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -252,6 +290,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("sweep", help="LLC curves over training: checkpoints x components x data sets",
+                       description="Estimate an LLC for every checkpoint x component x data set and store each in "
+                                   "RUN_DIR/results.sqlite. Re-running computes only what is missing; changed "
+                                   "sampler settings make new rows. Runs in-process by default, on a local "
+                                   "process pool, or on Ray (--executor ray [--address ADDR]).")
+    p.add_argument("run_dirs", nargs="+", help="run directories (several: e.g. one per seed)")
+    p.add_argument("--components", default="heads,all",
+                   help="'heads' (every head: wrLLC), 'all' (full model), 'layer:0', 'l:h', 'a+b' for a union; "
+                        "comma-separated (default heads,all)")
+    p.add_argument("--data", default="pretrain",
+                   help="data sets, comma-separated: pretrain, code, prose, synthetic.dyck, a path, or "
+                        "model:RUN_DIR@STEP (a reference model's predictions as soft targets); default pretrain")
+    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
+    p.add_argument("--executor", default="inprocess", choices=["inprocess", "pool", "ray"],
+                   help="where jobs run (default inprocess)")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray); default: a private local runtime "
+                                     "bound to 127.0.0.1")
+    p.add_argument("--workers", type=int, help="pool processes or local Ray CPUs")
+    _add_sampler_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="draw the stored LLC curves (per head, per data set, full model)",
+                       description="Write PNGs of the stored LLC curves: per-head wrLLC over training (one panel "
+                                   "per layer, shaded chain spread), the same per data set, and the full-model LLC "
+                                   "beside the loss.")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.add_argument("--config-hash", help="only the results of these sampler settings")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="write every stored result as CSV and Parquet",
+                       description="Write the long-form results table (one row per step, component, data set "
+                                   "and measure) as results.csv and results.parquet.")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--out", help="output directory (default: the first run directory)")
+    p.add_argument("--formats", default="csv,parquet", help="csv, parquet or both (default csv,parquet)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("hessian", help="Hessian trace, FIM trace or Hessian rank over training",
+                       description="Estimate the Hessian trace (Hutchinson), the FIM trace (data sampled from the "
+                                   "model) or the Hessian rank (Chebyshev step function) at every checkpoint x "
+                                   "component x data set and store it beside the LLC results.")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--measure", default="trace", choices=["trace", "fim", "rank"], help="what to estimate")
+    p.add_argument("--components", default="all", help="components as for `rllc sweep` (default all)")
+    p.add_argument("--data", default="pretrain", help="data sets as for `rllc sweep` (ignored for fim)")
+    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,...")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_hessian)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of one or several runs",
+                       description="Write a single HTML file (figures inline, no network) with the run's "
+                                   "configuration, loss and LLC with stages, per-head rLLC curves by cluster and "
+                                   "type, drLLC per data set, the head table, composition, Hessian comparisons, "
+                                   "clustering metrics and diagnostics warnings.")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--out", help="HTML path (default RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""End-to-end jobs that chain the stages (train → analysis → report); the CLI's `demo` calls these."""
+"""End-to-end jobs that chain the stages (train → sweep → analysis → report); the CLI's `demo` calls these."""
 
 from __future__ import annotations
 
@@ -8,49 +8,71 @@ from pathlib import Path
 
 import pandas as pd
 
-from rllc.analysis.scores import head_scores_over_training
-from rllc.report.plots import plot_head_scores, plot_loss_curve
 from rllc.train import preset, train
 
 
 @dataclass
 class DemoResult:
-    """What `demo` wrote: the run directory, the last step's head table, and summary lines."""
+    """What `demo` wrote: the run directory, the head table at the last checkpoint, timings and summary lines."""
 
     out: Path
     last_step: int
     head_table: pd.DataFrame
-    head_curves: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
 
 
 def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int = 0, progress: bool = True) -> DemoResult:
-    """Train the `cpu` preset on the built-in corpus and write loss curve, head-score tables and curves.
+    """Train the `cpu` preset on the built-in corpus, sweep per-head rLLCs, analyse the heads, write the report.
+
+    Steps: training (checkpoints, loss curve) → the demo sweep (per-head wrLLC on the pre-training mixture and on
+    `code` and the full-model LLC at 12 checkpoints) → LLC curves → head analysis (scores, ablations,
+    composition, tokens in context, head types) → the HTML report. Every step resumes: re-running after an
+    interruption computes only what is missing.
 
     Args:
-        out: run directory (resumed if it already holds this run).
+        out: run directory.
         steps: training steps (default: the preset's).
         seed: random seed.
+        progress: progress bars and per-stage lines.
     """
+    from rllc.analysis.over_training import heads_command
+    from rllc.report.curves import plot_sweep
+    from rllc.report.html import write_report
+    from rllc.report.plots import plot_loss_curve
+    from rllc.sweep.sweep import demo_sweep
+
     out = Path(out)
-    t0 = time.perf_counter()
-    run = train(*preset("cpu", steps=steps, seed=seed), out, progress=progress)
-    train_s = time.perf_counter() - t0
+    say = print if progress else (lambda *a: None)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        say(f"[demo] {name} ...")
+        result = fn()
+        timings[name] = time.perf_counter() - t0
+        say(f"[demo] {name}: {timings[name]:.0f} s")
+        return result
+
+    run = timed("train", lambda: train(*preset("cpu", steps=steps, seed=seed), out, progress=progress))
     loss_png = plot_loss_curve(run, out / "loss_curve.png")
-    curves = head_scores_over_training(run)
-    curves.to_csv(out / "head_scores_over_training.csv", index=False)
-    scores_png = plot_head_scores(curves, out / "head_scores.png", title=f"{out.name}: head scores over training")
-    last = curves[curves.step == curves.step.max()].drop(columns=["step"]).reset_index(drop=True)
-    last.to_csv(out / "head_scores.csv", index=False)
-    best_prev, best_ind = last.loc[last.prev_token_score.idxmax()], last.loc[last.induction_score.idxmax()]
-    first = curves[curves.step == curves.step.min()]
+    sweep = timed("sweep", lambda: demo_sweep(out, progress=progress))
+    curve_pngs = timed("plots", lambda: plot_sweep(out))
+    heads = timed("heads", lambda: heads_command(out))
+    report = timed("report", lambda: write_report([out]))
+    table = heads.table
+    best_prev = table.loc[table.prev_token_score.idxmax()]
+    best_ind = table.loc[table.induction_score.idxmax()]
+    first = heads.results[(heads.results.step == heads.steps[0])]
+    at0 = {m: first[first.measure == m].value.max() for m in ("prev_token_score", "induction_score")}
     summary = [
-        f"training: {train_s:.0f} s for the steps run now; {len(run.steps)} checkpoints in {out / 'checkpoints'}",
-        f"previous-token head {best_prev.component}: score {best_prev.prev_token_score:.2f} "
-        f"(at step 0: {first.prev_token_score.max():.2f} for the best head)",
-        f"induction head {best_ind.component}: score {best_ind.induction_score:.2f} "
-        f"(at step 0: {first.induction_score.max():.2f} for the best head)",
-        f"figures: {loss_png}, {scores_png}; tables: {out / 'head_scores.csv'}, "
-        f"{out / 'head_scores_over_training.csv'}",
+        f"wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f} s",
+        f"checkpoints: {len(run.steps)} in {out / 'checkpoints'}; LLC sweep: {sweep.computed} estimates computed now",
+        f"previous-token head {best_prev.component}: {best_prev.prev_token_score:.2f} (best head at step 0: "
+        f"{at0['prev_token_score']:.2f})",
+        f"induction head {best_ind.component}: {best_ind.induction_score:.2f} (best head at step 0: "
+        f"{at0['induction_score']:.2f})",
+        f"figures: {loss_png}, {len(curve_pngs)} LLC plots in {out / 'plots'}, head figures in {out / 'heads'}",
+        f"report: {report}",
     ]
-    return DemoResult(out, int(curves.step.max()), last, curves, summary)
+    return DemoResult(out, heads.steps[-1], table, timings, summary)

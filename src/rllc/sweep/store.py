@@ -162,3 +162,56 @@ def load_results(run_dir: str | Path | Iterable[str | Path], *, with_extra: bool
             raise RllcError(f"{d} has no results store ({STORE_NAME}); run `rllc sweep {d}` first")
         frames.append(ResultStore(d).frame(with_extra=with_extra))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def export_results(run_dir: str | Path | Iterable[str | Path], out: str | Path | None = None, *,
+                   formats: Iterable[str] = ("csv", "parquet")) -> list[Path]:
+    """Write every stored result as `results.csv` and `results.parquet` (long form, columns COLUMNS plus the
+    sampler settings of each config hash as `cfg_*` columns).
+
+    Args:
+        run_dir: one run directory or several (their rows are concatenated, column `run` tells them apart).
+        out: output directory (default: the (first) run directory).
+        formats: any of "csv", "parquet" (Parquet needs pyarrow: pip install 'rllc[export]').
+
+    Returns:
+        The paths written.
+    """
+    dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    df = load_results(dirs)
+    cfgs: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        cfgs |= ResultStore(d).configs()
+    flat = {h: _flatten(c) for h, c in cfgs.items()}
+    keys = sorted({k for c in flat.values() for k in c})
+    for k in keys:
+        df["cfg_" + k] = df["config_hash"].map(lambda h, k=k: flat.get(h, {}).get(k))
+    out_dir = Path(out) if out is not None else Path(dirs[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        if fmt == "csv":
+            p = out_dir / "results.csv"
+            df.to_csv(p, index=False)
+        elif fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise RllcError("Parquet export needs pyarrow: pip install 'rllc[export]' (or pass formats=['csv'])") \
+                    from None
+            p = out_dir / "results.parquet"
+            df.to_parquet(p, index=False)
+        else:
+            raise RllcError(f"unknown export format {fmt!r}; choose csv or parquet")
+        written.append(p)
+    return written
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,100 @@
+"""Stage boundaries from curves with known critical points."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllc._errors import RllcError
+from rllc.analysis.stages import (
+    StageConfig,
+    curve_stages,
+    detect_stages,
+    head_stages,
+    nearest_boundary_distance,
+    steepest_rise,
+)
+
+STEPS = np.unique(np.round(np.geomspace(1, 50_000, 120)))
+X = np.log1p(STEPS)
+
+
+def _curve(noise: float, seed: int = 0) -> np.ndarray:
+    # Extremes of cos(2π(x − 4)/5) at x = 1.5 (min), 4 (max), 6.5 (min), 9 (max); the slope 0.1·x moves each by
+    # asin(0.1·5/(2π))·5/(2π) ≈ 0.063 towards the next maximum's side.
+    rng = np.random.default_rng(seed)
+    return np.cos(2 * np.pi * (X - 4) / 5) + 0.1 * X + rng.normal(0, noise, len(X))
+
+
+def _true_extremes() -> list[tuple[float, str]]:
+    d = math.asin(0.1 * 5 / (2 * math.pi)) * 5 / (2 * math.pi)
+    return [(1.5 - d, "min"), (4 + d, "max"), (6.5 - d, "min"), (9 + d, "max")]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_detects_known_critical_points(noise):
+    s = detect_stages(STEPS, _curve(noise), StageConfig(bandwidth=0.3))
+    got = [(math.log1p(c.step), c.kind) for c in s.critical_points]
+    want = _true_extremes()
+    assert [k for _, k in got] == [k for _, k in want]
+    for (gx, _), (wx, _) in zip(got, want):
+        assert abs(gx - wx) < 0.15
+
+
+def test_noise_wiggles_are_merged_away():
+    rng = np.random.default_rng(1)
+    y = np.tanh(X - 5) + rng.normal(0, 0.02, len(X))  # monotone: no interior boundary
+    assert detect_stages(STEPS, y, StageConfig(bandwidth=0.3)).critical_points == ()
+    # Without persistence the same noise leaves spurious extremes at a small bandwidth.
+    assert len(detect_stages(STEPS, y, StageConfig(bandwidth=0.03, min_change=0.0)).critical_points) > 0
+
+
+def test_stage_table_trends_and_loss_change():
+    s = detect_stages(STEPS, _curve(0.0), StageConfig(bandwidth=0.3))
+    t = s.table(loss=(STEPS, 10 / np.sqrt(STEPS)))
+    assert list(t.stage) == ["S1", "S2", "S3", "S4", "S5"]
+    assert list(t.llc_trend) == ["falling", "rising", "falling", "rising", "falling"]
+    assert t.start.iloc[0] == 1 and t.end.iloc[-1] == 50_000
+    assert (t.end.iloc[:-1].to_numpy() == t.start.iloc[1:].to_numpy()).all()
+    assert (t.loss_change < 0).all()
+    assert t.loss_start.iloc[0] == pytest.approx(10.0)
+
+
+def test_nearest_boundary_and_steepest_rise():
+    s = detect_stages(STEPS, _curve(0.0), StageConfig(bandwidth=0.3))
+    b = nearest_boundary_distance(s, math.expm1(6.3))
+    assert math.log1p(b.boundary) == pytest.approx(6.5 - 0.063, abs=0.15)
+    assert b.log_ratio == pytest.approx(6.3 - math.log1p(b.boundary))
+    assert math.isnan(nearest_boundary_distance(detect_stages(STEPS, X), 100).boundary)
+    rise = steepest_rise(STEPS, 1 / (1 + np.exp(-3 * (X - 7))), bandwidth=0.2)
+    assert math.log1p(rise) == pytest.approx(7.0, abs=0.1)
+
+
+def test_stages_from_stored_curves():
+    rows = [dict(run="r", step=s, component=c, data="pretrain", measure="llc", value=v * (1 + i), std=0.0,
+                 valid=True, config_hash="h")
+            for i, c in enumerate(["all", "0:0", "0:1"]) for s, v in zip(STEPS, _curve(0.0))]
+    df = pd.DataFrame(rows)
+    assert len(curve_stages(df, config=StageConfig(bandwidth=0.3)).boundaries) == 4
+    per_head = head_stages(df, config=StageConfig(bandwidth=0.3))
+    assert set(per_head.component) == {"0:0", "0:1"} and len(per_head) == 10
+    with pytest.raises(RllcError):
+        curve_stages(df, component="1:0")
+    with pytest.raises(RllcError):
+        StageConfig(bandwidth=0)
+
+
+def test_comparison_figures_render(tmp_path):
+    from rllc.report.comparisons import plot_curve_with_stages, plot_hessian_comparison
+
+    s = detect_stages(STEPS, _curve(0.0), StageConfig(bandwidth=0.3))
+    assert plot_curve_with_stages(STEPS, _curve(0.0), s, tmp_path / "stages.png").stat().st_size > 1000
+    rows = [dict(run="r", step=int(st), component="all", data=d, measure=m, value=float(v), std=0.1, valid=True,
+                 config_hash="h")
+            for m, d in (("llc", "pretrain"), ("hessian_trace", "pretrain"), ("fim_trace", "self"))
+            for st, v in zip(STEPS[::10], _curve(0.0)[::10])]
+    p = plot_hessian_comparison(pd.DataFrame(rows), tmp_path / "hessian.png", stages=s)
+    assert p.stat().st_size > 1000
