@@ -47,3 +47,16 @@ def tiny_run(tiny_text, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return train(*tiny_configs(tiny_text), out, progress=False)
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run with an empty results store (token caches shared by a link), so tests that
+    write results never see each other's rows."""
+    import shutil
+
+    src, dst = Path(tiny_run.path), tmp_path / "r"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data", "results.sqlite*", "plots", ".ray", "heads"))
+    (src / "data").mkdir(exist_ok=True)
+    (dst / "data").symlink_to(src / "data", target_is_directory=True)
+    return dst

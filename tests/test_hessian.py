@@ -174,14 +174,10 @@ def test_user_errors_are_rllc_errors(micro):
         hessian_trace(model, data, component="3:0", config=HessianConfig(n_samples=4, n_probes=2))
 
 
-def test_hessian_sweep_stores_and_skips(tiny_run, tmp_path):
-    import shutil
-
+def test_hessian_sweep_stores_and_skips(run_dir):
     from rllc.analysis.hessian_sweep import HessianSweepConfig, hessian_sweep
     from rllc.sweep.store import load_results
 
-    run_dir = tmp_path / "run"  # a copy: the session's tiny run stays untouched for other tests
-    shutil.copytree(tiny_run.path, run_dir)
     cfg = HessianSweepConfig(trace=HessianConfig(n_samples=4, n_probes=2, batch_size=4),
                              fim=HessianConfig(n_samples=2, n_probes=2, batch_size=2),
                              rank=RankConfig(degree=10, n_probes=2, n_samples=4, batch_size=4,

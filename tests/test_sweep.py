@@ -32,16 +32,6 @@ def fast_config(**changes) -> SweepConfig:
     return SweepConfig(SweepConfig().sampler.replace(**s), FAST["n_samples"])
 
 
-@pytest.fixture
-def run_dir(tiny_run, tmp_path) -> Path:
-    """A private copy of the tiny run (its token caches shared by a link): each test gets an empty store."""
-    src, dst = Path(tiny_run.path), tmp_path / "r"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data", "results.sqlite*", "plots", ".ray"))
-    (src / "data").mkdir(exist_ok=True)
-    (dst / "data").symlink_to(src / "data", target_is_directory=True)
-    return dst
-
-
 def _keys(run_dir: Path) -> list[tuple]:
     with sqlite3.connect(run_dir / "results.sqlite") as con:
         return con.execute("SELECT step, component, data, measure, config_hash FROM results").fetchall()

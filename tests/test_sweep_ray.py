@@ -4,7 +4,6 @@ mid-job (retried; the store stays exact)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -40,15 +39,6 @@ def ray_executor(tmp_path_factory):
     ex.start()
     yield ex, temp
     ex.close()
-
-
-@pytest.fixture
-def run_dir(tiny_run, tmp_path) -> Path:
-    src, dst = Path(tiny_run.path), tmp_path / "r"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data", "results.sqlite*", "plots", ".ray"))
-    (src / "data").mkdir(exist_ok=True)
-    (dst / "data").symlink_to(src / "data", target_is_directory=True)
-    return dst
 
 
 def test_runtime_is_local_and_loopback(ray_executor):

@@ -103,31 +103,6 @@ def text_part(spec: str) -> str:
     return ",".join(f"{p.source}*{p.weight:g}" for p in parts) or "prose"
 
 
-def head_scores_over_training(
-    run, steps: Sequence[int] | None = None, *, text: str | None = None, n_text: int = 64, seed: int = 0
-) -> pd.DataFrame:
-    """Head scores at every checkpoint of a run: long-form rows (step, layer, head, component, scores...).
-
-    Args:
-        run: a Run or a run directory.
-        steps: checkpoint steps (default: all).
-        text: data spec of the held-out text for the previous/current-token scores (its validation split);
-            default: the text parts of the run's training data.
-        n_text: number of text windows.
-    """
-    from rllc.train.run import Run, load_run
-
-    run = run if isinstance(run, Run) else load_run(run)
-    data = run.dataset(text or text_part(run.config.train.data), split="val")
-    tokens = data.sample_batch(n_text, torch.Generator().manual_seed(seed))
-    tables = []
-    for step in steps if steps is not None else run.steps:
-        t = head_score_table(run.model_at(step), tokens, seed=seed)
-        t.insert(0, "step", step)
-        tables.append(t)
-    return pd.concat(tables, ignore_index=True)
-
-
 def prefix_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy_prob: float = 0.25,
                            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random sequences where single tokens of the first half recur in the second half, never with their successor.

@@ -35,6 +35,10 @@ class SamplerConfig:
     init_batches: int = 16  # minibatches averaged for L_n(w*) (1 when full batch)
     seed: int = 0
     divergence_threshold: float = 1000.0  # a chain diverges once nβ(L − L*) > max(this, 2·d_moving) or non-finite
+    # Paired differences: each draw's minibatch loss at w minus the loss at w* on the same minibatch. Same
+    # expectation as subtracting L_n(w*), far less variance: minibatch noise cancels, which the small per-head
+    # (weight-refined) signal needs. False reproduces devinterp (draw losses minus the init-batch mean).
+    paired: bool = True
 
     def __post_init__(self) -> None:
         for f in ("epsilon", "nbeta", "gamma", "divergence_threshold"):  # 30 and 30.0 must hash alike

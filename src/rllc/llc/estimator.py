@@ -112,6 +112,7 @@ class _Run:
     trace: np.ndarray  # (C, K)
     diverged_at: np.ndarray  # (C,), −1 where the chain survived
     d_moving: int
+    star: np.ndarray | None = None  # (C, K) loss at w* on each draw's minibatch (paired differences), or None
 
 
 def _threshold(cfg: SamplerConfig, d_moving: int) -> float:
@@ -176,6 +177,9 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
     over_chains = vmap(grad_and_value(loss_of), in_dims=(0, None if full else 0), randomness="different")
     step_fn = vmap(over_chains, in_dims=(0, None), randomness="different")
     full_batch = source.full() if full else None
+    paired = cfg.paired and not full  # full batch: the loss at w* is the constant init_loss already
+    star_fn = vmap(lambda b: loss_of(anchor, b), randomness="different") if paired else None  # (C,)
+    star_trace = torch.full((c, cfg.draws), float("nan"), dtype=torch.float64) if paired else None
 
     k_draws = cfg.draws
     trace = torch.full((q, c, k_draws), float("nan"), dtype=torch.float64)
@@ -196,6 +200,9 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
                 w[key] = torch.where(bad.view(q, c, *[1] * anchor[key].dim()), anchor[key], w[key])
         if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
             trace[:, :, k] = torch.where(alive, loss, float("nan")).double().cpu()
+            if paired:
+                with torch.no_grad():
+                    star_trace[:, k] = star_fn(batch).double().cpu()
             k += 1
             if bar is not None:
                 bar.update(1)
@@ -216,7 +223,8 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
             w[key] = sgld_step(w[key], grads[key], noise, anchor[key], m, cfg.epsilon, cfg.nbeta, cfg.gamma)
     if bar is not None:
         bar.close()
-    return [_Run(trace=trace[i].numpy(), diverged_at=diverged_at[i].numpy(), d_moving=d_moving[i])
+    star = star_trace.numpy() if paired else None
+    return [_Run(trace=trace[i].numpy(), diverged_at=diverged_at[i].numpy(), d_moving=d_moving[i], star=star)
             for i in range(q)]
 
 
@@ -231,6 +239,11 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
     runs = []
     bar = _progress(len(masks_list) * cfg.chains * cfg.draws, progress, "SGLD (sequential)")
     full = cfg.batch_size >= source.n
+    paired = cfg.paired and not full
+    # Chain c's minibatches are the same for every component, so the loss at w* on each is computed once.
+    star = np.full((cfg.chains, cfg.draws), np.nan) if paired else None
+    star_done = np.zeros((cfg.chains, cfg.draws), dtype=bool)
+    anchor_model = model.to(device)
     for qi, masks in enumerate(masks_list):
         work = copy.deepcopy(model).to(device)
         named = dict(work.named_parameters())
@@ -261,6 +274,10 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
                     break
                 if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
                     trace[ci, k] = lv
+                    if paired and not star_done[ci, k]:
+                        with torch.no_grad():
+                            star[ci, k] = float(loss_fn(anchor_model, batch))
+                        star_done[ci, k] = True
                     k += 1
                     if bar is not None:
                         bar.update(1)
@@ -271,7 +288,7 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
                         p.copy_(sgld_step(p, g, noise, anchor[n], mask_t[n], cfg.epsilon, cfg.nbeta, cfg.gamma))
             if diverged_at[ci] >= 0:
                 trace[ci, k:] = np.nan
-        runs.append(_Run(trace=trace, diverged_at=diverged_at, d_moving=d_moving))
+        runs.append(_Run(trace=trace, diverged_at=diverged_at, d_moving=d_moving, star=star))
     if bar is not None:
         bar.close()
     return runs
@@ -281,7 +298,8 @@ def _summarise(run: _Run, init_loss: float, cfg: SamplerConfig, component: Any) 
     alive = run.diverged_at < 0
     per_chain = np.full(cfg.chains, np.nan)
     if alive.any():
-        per_chain[alive] = cfg.nbeta * (run.trace[alive].mean(axis=1) - init_loss)
+        ref = init_loss if run.star is None else run.star[alive]  # paired: the same minibatch at w*
+        per_chain[alive] = cfg.nbeta * (run.trace[alive] - ref).mean(axis=1)
     live = per_chain[alive]
     mean = float(live.mean()) if live.size else float("nan")
     std = float(live.std(ddof=1)) if live.size >= 2 else float("nan")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rllc._errors import RllcError
+from rllc.train.loop import token_cross_entropy
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -43,8 +44,7 @@ def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         Scalar: mean over the B·(T−1) predicted positions.
     """
     tokens = _tokens(batch)  # (B, T)
-    logits = model(tokens)  # (B, T, V)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    return token_cross_entropy(model(tokens), tokens)
 
 
 def soft_target_loss(reference_model: nn.Module) -> LossFn:

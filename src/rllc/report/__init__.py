@@ -2,6 +2,6 @@
 
 from rllc.report.curves import plot_full, plot_heads, plot_sweep
 from rllc.report.html import write_report
-from rllc.report.plots import plot_head_scores, plot_loss_curve
+from rllc.report.plots import plot_loss_curve
 
-__all__ = ["plot_full", "plot_head_scores", "plot_heads", "plot_loss_curve", "plot_sweep", "write_report"]
+__all__ = ["plot_full", "plot_heads", "plot_loss_curve", "plot_sweep", "write_report"]

@@ -24,8 +24,9 @@ from rllc.train.config import TrainConfig, checkpoint_schedule
 from rllc.train.run import Run, RunConfig, checkpoint_name, load_run
 
 
-def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]. logits (B, T, V), tokens (B, T)."""
+def token_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]: the one definition of the training
+    loss (the LLC's `rllc.llc.losses.next_token_loss` calls it). logits (B, T, V), tokens (B, T) -> scalar."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
@@ -107,7 +108,7 @@ def _load_state(out: Path, model: Transformer, opt: torch.optim.Optimizer, gen: 
 def _evaluate(model: Transformer, val, cfg: TrainConfig, device: str) -> float:
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # the same validation batches at every checkpoint
     model.eval()
-    losses = [next_token_loss(model(x := val.sample_batch(cfg.batch_size, gen).to(device)), x).item()
+    losses = [token_cross_entropy(model(x := val.sample_batch(cfg.batch_size, gen).to(device)), x).item()
               for _ in range(cfg.eval_batches)]
     model.train()
     return sum(losses) / len(losses)
@@ -186,7 +187,7 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = train_cfg.lr * lr_at(step - 1)
             x = train_ds.sample_batch(train_cfg.batch_size, gen).to(device)  # (B, T)
-            loss = next_token_loss(model(x), x)
+            loss = token_cross_entropy(model(x), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip > 0:
