@@ -14,7 +14,7 @@ DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
-develops. Start with `rllc demo` (CPU, offline, a few minutes)."""
+develops. Start with `rllc demo` (CPU, offline, about 11 minutes on 2 cores)."""
 
 
 def _ints(s: str) -> list[int]:
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "repeated random spans) keeping checkpoints across training; estimate per-head "
                                    "rLLCs on the pre-training data and on code and the full-model LLC over "
                                    "training; analyse every head (scores, ablations, composition, head types); "
-                                   "write figures and one HTML report. About 15 minutes on 2 cores; interrupt "
+                                   "write figures and one HTML report. About 11 minutes on 2 cores; interrupt "
                                    "and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
