@@ -101,12 +101,15 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--burn-in", type=int, help="steps discarded before the first draw (default 0)")
     g.add_argument("--batch-size", type=int, help="sequences per SGLD minibatch (default 32)")
     g.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    g.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                   help="subtract the loss at w* on each draw's own minibatch (less variance, one more forward "
+                        "per draw); default: off for `llc`/`calibrate` (the paper's estimator), on for `sweep`")
     p.add_argument("--n-samples", type=int, default=2048,
                    help="token windows drawn (seeded) from the data set to estimate on (default 2048)")
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
-    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed")
+    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed", "paired")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

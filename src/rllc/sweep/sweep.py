@@ -47,7 +47,8 @@ class SweepConfig:
         split: "train" (the paper's L_n) or "val".
     """
 
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Sweeps default to paired differences: the w* forward is shared by every head of a task (see SamplerConfig).
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(paired=True))
     n_samples: int = 2048
     sample_seed: int = 0
     split: str = "train"
@@ -464,7 +465,7 @@ def sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | Seque
     """
     from rllc.sweep.executors import make_executor
 
-    sampler = (config or SamplerConfig()).replace(**overrides)
+    sampler = (config or SweepConfig().sampler).replace(**overrides)
     cfg = SweepConfig(sampler, n_samples, sample_seed, split)
     plan = plan_sweep(run_dir, components=components, data=data, steps=steps, config=cfg,
                       batch_components=batch_components)
@@ -495,7 +496,7 @@ def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progre
 
     s = {**DEMO_SWEEP, **settings}
     steps, n_samples = s.pop("steps"), s.pop("n_samples")
-    cfg = SweepConfig(SamplerConfig().replace(**s), n_samples)
+    cfg = SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
     heads = plan_sweep(run_dir, components="heads", data="pretrain,code", steps=steps, config=cfg)
     full = plan_sweep(run_dir, components="all", data="pretrain", steps=steps, config=cfg)
     order = {d: i for i, d in enumerate(["pretrain", "code"])}
