@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rllc._errors import RllcError  # noqa: E402
+from rllc.report.plots import draw_loss  # noqa: E402
 from rllc.sweep.refs import is_model_spec  # noqa: E402
 from rllc.sweep.store import ResultStore, load_results  # noqa: E402
 
@@ -89,16 +90,13 @@ def plot_full(df: pd.DataFrame, run, path: str | Path, *, title: str) -> Path:  
     path = Path(path)
     fig, (ax_loss, ax_llc) = plt.subplots(1, 2, figsize=(10.5, 3.8), dpi=120)
     if run is not None:
-        metrics, ckpts = run.metrics(), run.checkpoints()
-        if len(metrics):
-            ax_loss.plot(metrics["step"].clip(lower=1), metrics["train_loss"], lw=0.8, alpha=0.7, label="train")
-        ax_loss.plot(ckpts["step"].clip(lower=1), ckpts["val_loss"], "o-", ms=2.5, lw=1.2, label="validation")
-    ax_loss.set_xscale("log")
-    ax_loss.set_xlabel("training step")
-    ax_loss.set_ylabel("next-token loss (nats)")
+        draw_loss(ax_loss, run, legend_size=7)
+    else:
+        ax_loss.set_xscale("log")
+        ax_loss.set_xlabel("training step")
+        ax_loss.set_ylabel("next-token loss (nats)")
+        ax_loss.grid(alpha=0.3)
     ax_loss.set_title("loss", fontsize=9)
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7)
     for data, g in df.groupby("data", sort=True):
         _band(ax_llc, g.sort_values("step"), label=f"{_kind(data, False)} on {data}")
     ax_llc.set_xscale("log")
