@@ -13,10 +13,10 @@ from typing import Literal
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from rllc._errors import RllcError
 from rllc.model.transformer import Transformer
+from rllc.train.loop import token_cross_entropy
 
 AblationKind = Literal["zero", "mean", "resample"]
 KINDS: tuple[str, ...] = ("zero", "mean", "resample")
@@ -26,8 +26,7 @@ Head = tuple[int, int]
 @torch.no_grad()
 def per_token_loss(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of predicting tokens[:, t + 1] at every position t: (B, T - 1). tokens (B, T)."""
-    logits = model(tokens)  # (B, T, V)
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T - 1)
+    return token_cross_entropy(model(tokens), tokens, per_token=True)  # (B, T - 1)
 
 
 @torch.no_grad()

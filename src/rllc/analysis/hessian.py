@@ -34,6 +34,7 @@ from torch.func import functional_call, grad, jvp
 from rllc._errors import RllcError
 from rllc.llc.losses import LossFn, next_token_loss
 from rllc.model.components import resolve_masks
+from rllc.train.loop import token_cross_entropy
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]  # (d,) -> (d,)
 
@@ -274,8 +275,7 @@ class _Functional(nn.Module):
 
 def _weighted_next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     tokens, weights = batch  # (B, T), (B,)
-    logits = model(tokens)  # (B, T, V)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T-1)
+    nll = token_cross_entropy(model(tokens), tokens, per_token=True)  # (B, T-1)
     return (weights * nll.mean(dim=1)).sum()
 
 

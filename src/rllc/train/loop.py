@@ -24,9 +24,16 @@ from rllc.train.config import TrainConfig, checkpoint_schedule
 from rllc.train.run import Run, RunConfig, checkpoint_name, load_run
 
 
-def token_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]: the one definition of the training
-    loss (the LLC's `rllc.llc.losses.next_token_loss` calls it). logits (B, T, V), tokens (B, T) -> scalar."""
+def token_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor, *, per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]: the one definition of the training loss
+    (the LLC's `next_token_loss`, ablations and Hessian measures call it).
+
+    Args:
+        logits: (B, T, V); tokens: (B, T).
+        per_token: return (B, T - 1) losses instead of their mean.
+    """
+    if per_token:
+        return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, T - 1)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
