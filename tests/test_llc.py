@@ -269,3 +269,64 @@ def test_paired_differences_cut_minibatch_noise_without_bias():
     se = per_chain.std(ddof=1) / math.sqrt(32)
     assert abs(paired.mean - per_chain.mean()) < 3 * se, (paired.mean, per_chain.mean(), se)
     assert paired.std < 0.5 * per_chain.std(ddof=1), (paired.std, per_chain.std(ddof=1))
+
+
+def _perturbed_transformer(n_layers=2, seed=1):
+    """A small rllc Transformer with non-trivial weights (every head matters to the loss)."""
+    from rllc.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(n_layers=n_layers, n_heads=3, d_model=24, d_head=8, n_ctx=12, d_vocab=37),
+                        seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("loss", ["next_token", "soft_target"])
+@pytest.mark.parametrize("paired", [False, True])
+def test_per_head_sampler_is_the_reference_sampler(loss, paired):
+    # The per-head sampler (cached w* forward, folded unembedding) must walk the same chains as the plain-autograd
+    # reference loop: same minibatches, same noise, same losses up to float rounding.
+    from rllc.llc import heads as head_path
+    from rllc.model import ModelConfig, Transformer
+
+    model = _perturbed_transformer()
+    tokens = torch.randint(0, 37, (48, 12), generator=torch.Generator().manual_seed(2))
+    ref = Transformer(ModelConfig(n_layers=1, n_heads=2, d_model=24, d_head=8, n_ctx=12, d_vocab=37), seed=5)
+    loss_fn = None if loss == "next_token" else soft_target_loss(ref)
+    comps = ["1:2", "0:0", "all", "1:0", "0:2"]  # both layers, out of order, with a non-head component between
+    kw = dict(loss_fn=loss_fn, chains=2, draws=12, burn_in=2, batch_size=6, seed=4, paired=paired, init_batches=3)
+    calls = []
+    orig = head_path.HeadSampler.run
+    head_path.HeadSampler.run = lambda self, bar: calls.append(len(self.heads)) or orig(self, bar)
+    try:
+        fast = estimate_llc_many(model, tokens, comps, **kw)
+    finally:
+        head_path.HeadSampler.run = orig
+    assert calls == [4]  # the four heads ran together on the per-head path
+    slow = estimate_llc_many(model, tokens, comps, batched=False, **kw)
+    for c, f, s in zip(comps, fast, slow):
+        if c == "all":
+            continue
+        np.testing.assert_allclose(f.loss_trace, s.loss_trace, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(f.per_chain, s.per_chain, rtol=1e-3, atol=2e-3)
+        assert f.valid == s.valid
+
+
+def test_per_head_sampler_single_layer_full_batch_and_fallbacks():
+    from rllc.llc.heads import head_of
+
+    model = _perturbed_transformer(n_layers=1)
+    tokens = torch.randint(0, 37, (5, 12), generator=torch.Generator().manual_seed(3))
+    kw = dict(chains=2, draws=6, batch_size=8)  # batch >= n: full batch, one cached w* forward for every step
+    fast = estimate_llc(model, tokens, component="0:1", **kw)
+    slow = estimate_llc(model, tokens, component="0:1", batched=False, **kw)
+    np.testing.assert_allclose(fast.loss_trace, slow.loss_trace, atol=2e-5)
+    assert head_of(model, model.component("0:1").masks(model)) == (0, 1)
+    for other in ("0:0,0:1", "layer:0", "unembed"):  # not a single head: the general path
+        assert head_of(model, model.component(other).masks(model)) is None
+    half = model.component("0:1").masks(model)
+    half["blocks.0.attn.W_Q"][1, 0] = False  # part of a head
+    assert head_of(model, half) is None

@@ -24,6 +24,7 @@ from rllc._errors import RllcError
 from rllc.llc._data import BatchSource
 from rllc.llc.config import SamplerConfig
 from rllc.llc.diagnostics import Diagnostics, _num, diagnose
+from rllc.llc.heads import HeadSampler, head_of, supported
 from rllc.llc.losses import LossFn, next_token_loss
 from rllc.llc.sgld import sgld_step
 
@@ -229,13 +230,18 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
 
 
 def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: list[Masks],
-                    cfg: SamplerConfig, device: torch.device, init_loss: float, progress: bool) -> list[_Run]:
+                    cfg: SamplerConfig, device: torch.device, init_loss: float, progress: bool,
+                    index: Sequence[int] | None = None, n_components: int | None = None) -> list[_Run]:
     """One chain at a time with plain autograd on a copy of the model — the reference implementation.
 
     Chain c of every component draws its minibatches from its own generator (seed spawned from ``cfg.seed``), so
-    components share minibatches; the noise generator is spawned per (component, chain).
+    components share minibatches; the noise generator is spawned per (component, chain), the component numbered
+    by ``index`` (its position among the ``n_components`` of the whole call; default: its position here). Noise is
+    drawn only for the coordinates that move.
     """
-    seeds = np.random.SeedSequence(cfg.seed).spawn(1 + cfg.chains + len(masks_list) * cfg.chains)
+    index = list(range(len(masks_list))) if index is None else list(index)
+    n_components = len(masks_list) if n_components is None else n_components
+    seeds = np.random.SeedSequence(cfg.seed).spawn(1 + cfg.chains + n_components * cfg.chains)
     runs = []
     bar = _progress(len(masks_list) * cfg.chains * cfg.draws, progress, "SGLD (sequential)")
     full = cfg.batch_size >= source.n
@@ -244,7 +250,7 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
     star = np.full((cfg.chains, cfg.draws), np.nan) if paired else None
     star_done = np.zeros((cfg.chains, cfg.draws), dtype=bool)
     anchor_model = model.to(device)
-    for qi, masks in enumerate(masks_list):
+    for qi, masks in zip(index, masks_list):
         work = copy.deepcopy(model).to(device)
         named = dict(work.named_parameters())
         moving = [n for n in named if masks is None or (n in masks and bool(masks[n].any()))]
@@ -283,9 +289,13 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
                         bar.update(1)
                 with torch.no_grad():
                     for n, g in zip(moving, grads):
-                        p = named[n]
-                        noise = torch.randn(p.shape, generator=noise_gen, dtype=p.dtype).to(device)
-                        p.copy_(sgld_step(p, g, noise, anchor[n], mask_t[n], cfg.epsilon, cfg.nbeta, cfg.gamma))
+                        p, m = named[n], mask_t[n]
+                        if m is None:
+                            noise = torch.randn(p.shape, generator=noise_gen, dtype=p.dtype).to(device)
+                        else:  # only the moving coordinates, in row-major order
+                            draws_ = torch.randn(int(m.sum()), generator=noise_gen, dtype=p.dtype).to(device)
+                            noise = torch.zeros_like(p).masked_scatter_(m, draws_)
+                        p.copy_(sgld_step(p, g, noise, anchor[n], m, cfg.epsilon, cfg.nbeta, cfg.gamma))
             if diverged_at[ci] >= 0:
                 trace[ci, k:] = np.nan
         runs.append(_Run(trace=trace, diverged_at=diverged_at, d_moving=d_moving, star=star))
@@ -339,12 +349,30 @@ def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: L
     init = _init_loss(wrapper, params, source, cfg, gen)
     if not math.isfinite(init):
         raise RllcError(f"the loss at w* is {init}; check the model and data before sampling")
+    runs: list[_Run | None] = [None] * len(masks_list)
     if batched == "auto":
+        # Single heads of an rllc Transformer take the per-head sampler (heads.py); the rest the size rule below.
+        found = [head_of(model, m) for m in masks_list] if supported(model, loss_fn, source) else []
+        idx = [i for i, h in enumerate(found) if h is not None]
+        if idx:
+            sampler = HeadSampler(model, loss_fn, source, [found[i] for i in idx], idx, len(masks_list), cfg,
+                                  device, init)
+            bar = _progress(cfg.draws, progress, f"SGLD ({len(idx)} heads)")
+            trace, diverged_at, star = sampler.run(bar)
+            if bar is not None:
+                bar.close()
+            for j, i in enumerate(idx):
+                runs[i] = _Run(trace=trace[j], diverged_at=diverged_at[j], d_moving=sampler.d_moving, star=star)
         batched = _prefer_batched(model, cfg)
-    if batched:
-        runs = _run_batched(model, loss_fn, source, masks_list, cfg, device, init, gen, noise_gen, progress)
-    else:
-        runs = _run_sequential(model, loss_fn, source, masks_list, cfg, device, init, progress)
+    rest = [i for i, r in enumerate(runs) if r is None]
+    if rest and batched:
+        done = _run_batched(model, loss_fn, source, [masks_list[i] for i in rest], cfg, device, init, gen,
+                            noise_gen, progress)
+    elif rest:
+        done = _run_sequential(model, loss_fn, source, [masks_list[i] for i in rest], cfg, device, init, progress,
+                               index=rest, n_components=len(masks_list))
+    for i, r in zip(rest, done if rest else []):
+        runs[i] = r
     return [_summarise(r, init, cfg, comp) for r, comp in zip(runs, components)]
 
 

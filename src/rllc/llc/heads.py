@@ -1,0 +1,277 @@
+"""The per-head sampler: SGLD for attention-head components of an rllc `Transformer`, sharing what they cannot change.
+
+A head component l:h moves seven slices (W_Q[h], W_K[h], W_V[h], W_O[h], b_Q[h], b_K[h], b_V[h] of block l);
+every other weight stays at w*. So, on each chain's minibatch, one forward at w* serves every component (and, with
+paired differences, is the loss at w*): it caches each layer's residual stream, LayerNorm outputs and per-head
+attention outputs z. Component l:h then recomputes only head h of layer l — the other heads' outputs are the
+cached ones — and the layers above it, and backpropagates only that far. What it cannot share is the unembedding
+and the cross-entropy over the vocabulary, which every component pays in full; on CPU those V-sized passes
+dominate the cpu preset's step (vocab 1024 against d_model 64), so the saving per component is the lower layers
+and the other heads (measured in benchmarks/bench_llc.py). Components of one layer run stacked on a component
+axis while their logits stay cache-sized (`_MAX_LOGITS`), one autograd backward per stack.
+
+This is the same estimator as `estimator._run_sequential` (the reference loop), with its random streams: chain c
+draws its minibatches from the same generator, and component i, chain c its noise, coordinate for coordinate.
+The two agree up to float rounding (tests check it). Used by `estimate_llc`/`estimate_llc_many` for head
+components with the next-token or soft-target loss; anything else takes the general path.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rllc.llc._data import BatchSource
+from rllc.llc.config import SamplerConfig
+from rllc.llc.losses import LossFn, next_token_loss
+from rllc.llc.sgld import sgld_step
+
+# The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
+HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+# Components of one layer run stacked while their logits stay under this many elements (8 MiB in float32): on CPU
+# the V-sized passes (log-softmax and its backward) slow down ~1.5× once their tensors fall out of cache, so the
+# cpu preset at batch 32 (32 × 64 × 1024 logits per component) runs one component at a time, the demo's batch 8
+# four at a time.
+_MAX_LOGITS = 1 << 21
+
+
+def head_of(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> tuple[int, int] | None:
+    """(layer, head) if ``masks`` select exactly one attention head of an rllc Transformer, else None."""
+    from rllc.model.transformer import Transformer
+
+    if masks is None or not isinstance(model, Transformer):
+        return None
+    names = {n for n, m in masks.items() if bool(m.any())}
+    layers = {n.split(".")[1] for n in names if n.startswith("blocks.")}
+    if len(layers) != 1:
+        return None
+    l = int(layers.pop())
+    if names != {f"blocks.{l}.attn.{p}" for p in HEAD_PARAMS}:
+        return None
+    rows = None
+    for n in names:
+        m = masks[n]
+        sel = torch.nonzero(m.flatten(1).any(1)).flatten().tolist()
+        if len(sel) != 1 or not bool(m[sel[0]].all()):
+            return None
+        if rows is not None and sel != rows:
+            return None
+        rows = sel
+    return l, rows[0]
+
+
+def supported(model: nn.Module, loss_fn: LossFn, source: BatchSource) -> bool:
+    """Whether the per-head sampler can run: an rllc Transformer with no hooks attached, token data in a
+    tensor, and the next-token or soft-target loss."""
+    from rllc.model.transformer import Transformer
+
+    if not isinstance(model, Transformer) or any(hp.active for hp in model.hook_points.values()):
+        return False
+    if source.tensors is None or source.tensors[0].dim() != 2 or source.tensors[0].is_floating_point():
+        return False
+    return loss_fn is next_token_loss or isinstance(getattr(loss_fn, "reference_model", None), nn.Module)
+
+
+@dataclass
+class _Cache:
+    """The w* forward on one minibatch."""
+
+    resid: list[torch.Tensor]  # resid[l]: (B, T, D), the input of block l; resid[L] the final residual x*
+    q_in: list[torch.Tensor]  # LN_l(resid[l]) + pos, the query/key input of block l, (B, T, D)
+    v_in: list[torch.Tensor]  # LN_l(resid[l]), the value input, (B, T, D)
+    z: list[torch.Tensor]  # (B, T, H, E) per layer
+    loss: float  # the loss at w* on this minibatch (NaN unless asked for)
+    targets: torch.Tensor  # (B, T-1) next tokens, or (B, T-1, V) reference probabilities
+
+
+class HeadSampler:
+    """Run SGLD chains for head components (see the module docstring). One instance per estimate."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, source: BatchSource, heads: Sequence[tuple[int, int]],
+                 index: Sequence[int], n_components: int, cfg: SamplerConfig, device: torch.device,
+                 init_loss: float) -> None:
+        self.m = copy.deepcopy(model).to(device).requires_grad_(False)  # the frozen w*; the user's model is untouched
+        self.ref = getattr(loss_fn, "reference_model", None)
+        self.source, self.cfg, self.device, self.init_loss = source, cfg, device, init_loss
+        self.heads, self.index, self.n_components = list(heads), list(index), n_components
+        c = self.m.cfg
+        self.L, self.V = c.n_layers, c.d_vocab
+        self.anchor = [{p: getattr(b.attn, p).detach() for p in HEAD_PARAMS} for b in self.m.blocks]
+        self.d_moving = 4 * c.d_model * c.d_head + 3 * c.d_head  # W_Q, W_K, W_V, W_O and three biases
+        # Components grouped by layer: positions into self.heads.
+        self.by_layer = {l: [i for i, (ll, _) in enumerate(self.heads) if ll == l] for l in range(self.L)}
+
+    # --------------------------------------------------------------------------------------------- forward at w*
+
+    @torch.no_grad()
+    def _anchor_pass(self, tokens: torch.Tensor, with_loss: bool) -> _Cache:
+        """The w* forward on tokens (B, T), keeping what the components reuse; the loss only if asked."""
+        from rllc.model.transformer import causal_attention, project
+
+        m, T = self.m, tokens.shape[1]
+        r = m.embed.W_E[tokens]  # (B, T, D)
+        pos = m.pos_embed.W_pos[:T]  # (T, D)
+        resid, q_in, v_in, zs = [], [], [], []
+        for blk in m.blocks:  # Block.forward, keeping the pieces
+            a = blk.attn
+            n = blk.ln1(r)  # (B, T, D)
+            z = causal_attention(project(n + pos, a.W_Q, a.b_Q), project(n + pos, a.W_K, a.b_K),
+                                 project(n, a.W_V, a.b_V), a.scale)  # (B, T, H, E)
+            resid.append(r), q_in.append(n + pos), v_in.append(n), zs.append(z)
+            r = r + z.flatten(-2) @ a.W_O.flatten(0, 1) + a.b_O  # as Attention.forward
+        resid.append(r)
+        if self.ref is None:
+            targets = tokens[:, 1:]  # (B, T-1)
+        else:
+            targets = F.softmax(self.ref(tokens)[:, :-1], dim=-1)  # (B, T-1, V)
+        loss = float("nan")
+        if with_loss:
+            loss = float(self._cross_entropy(m.ln_final(r[:, :-1]), targets, 1)[0][0])  # == the loss of m(tokens)
+        return _Cache(resid, q_in, v_in, zs, loss, targets)
+
+    def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor, Q: int,
+                       grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss of each of Q stacked components from their final LayerNorm outputs, and optionally its gradient.
+
+        The unembedding, log-softmax and cross-entropy are written out rather than left to autograd: on CPU their
+        V-sized tensors are memory-bound, and the closed-form gradient (softmax − targets) · W_Uᵀ / rows takes
+        half the passes over them that autograd's log_softmax + nll_loss backward takes.
+
+        Args:
+            h: (Q·B, T-1, D), LN_final of the residual at the predicting positions.
+            targets: (B, T-1) next tokens, or (B, T-1, V) reference probabilities (soft targets).
+            Q: number of stacked components.
+            grad: also return d(sum of the Q losses)/dh.
+
+        Returns:
+            (losses (Q,), dh (Q·B, T-1, D) or None).
+        """
+        W_U, b_U = self.m.unembed.W_U, self.m.unembed.b_U
+        D, V = W_U.shape
+        rows = targets.shape[0] * targets.shape[1]  # per component
+        with torch.no_grad():
+            logits = torch.addmm(b_U, h.detach().reshape(-1, D), W_U)  # (Q·rows, V)
+            if self.ref is None:
+                tgt = targets.reshape(-1).repeat(Q)  # (Q·rows,)
+                picked = logits.gather(1, tgt[:, None]).squeeze(1)
+            else:
+                p = targets.reshape(rows, V)
+                picked = torch.einsum("qmv,mv->qm", logits.view(Q, rows, V), p).reshape(-1)
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # unnormalised softmax, in place (one exp pass serves loss and grad)
+            total = probs.sum(dim=-1)
+            losses = (top.squeeze(1) + total.log() - picked).view(Q, rows).mean(1)  # logsumexp − target logit
+            if not grad:
+                return losses, None
+            probs.mul_((1.0 / total)[:, None])
+            if self.ref is None:
+                probs[torch.arange(len(tgt)), tgt] -= 1.0
+            else:
+                probs.view(Q, rows, V).sub_(p)
+            dh = (probs @ W_U.T).mul_(1.0 / rows).view_as(h)  # d(Σ_q loss_q)/dh
+        return losses, dh
+
+    # ------------------------------------------------------------------------------------ components of a layer
+
+    def _final(self, l: int, heads: list[int], theta: dict[str, torch.Tensor], cache: _Cache) -> torch.Tensor:
+        """LN_final of the residual at the predicting positions, (Q·B, T-1, D), when head heads[i] of layer l
+        takes the weights theta[·][i] (differentiable in theta)."""
+        from rllc.model.transformer import causal_attention, project
+
+        m, a = self.m, self.m.blocks[l].attn
+        z = causal_attention(project(cache.q_in[l], theta["W_Q"], theta["b_Q"]),
+                             project(cache.q_in[l], theta["W_K"], theta["b_K"]),
+                             project(cache.v_in[l], theta["W_V"], theta["b_V"]), a.scale)  # (B, T, Q, E)
+        z_star = cache.z[l][:, :, heads]  # (B, T, Q, E)
+        W_O_star = self.anchor[l]["W_O"][heads]  # (Q, E, D)
+        delta = torch.einsum("btqe,qed->qbtd", z, theta["W_O"]) - \
+            torch.einsum("btqe,qed->qbtd", z_star, W_O_star)  # (Q, B, T, D): the head's change of output
+        r = (cache.resid[l + 1] + delta).flatten(0, 1)  # (Q·B, T, D)
+        pos = m.pos_embed.W_pos[:r.shape[1]]
+        for blk in m.blocks[l + 1:]:  # recompute the layers above with the new head output
+            r = blk(r, pos)
+        return m.ln_final(r[:, :-1])  # the last position predicts nothing
+
+    # ----------------------------------------------------------------------------------------------- the loop
+
+    def run(self, progress_bar) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # noqa: ANN001
+        """Sample. Returns trace (Q, C, draws), diverged_at (Q, C) and the paired star losses (C, draws) or None."""
+        cfg, Q, C = self.cfg, len(self.heads), self.cfg.chains
+        full = cfg.batch_size >= self.source.n
+        paired = cfg.paired and not full
+        seeds = np.random.SeedSequence(cfg.seed).spawn(1 + C + self.n_components * C)  # as the reference loop
+        batch_gens = [torch.Generator().manual_seed(int(seeds[1 + c].generate_state(1)[0])) for c in range(C)]
+        noise_gens = [[torch.Generator().manual_seed(int(seeds[1 + C + qi * C + c].generate_state(1)[0]))
+                       for c in range(C)] for qi in self.index]
+        # w[l][p]: (Q_l, C, *slice shape), the chains' current head weights, grouped by layer.
+        w = {l: {p: self.anchor[l][p][[self.heads[i][1] for i in idx]].unsqueeze(1).repeat(
+                 1, C, *[1] * self.anchor[l][p][0].dim()) for p in HEAD_PARAMS}
+             for l, idx in self.by_layer.items() if idx}
+        trace = np.full((Q, C, cfg.draws), np.nan)
+        star = np.full((C, cfg.draws), np.nan) if paired else None
+        alive = np.ones((Q, C), dtype=bool)
+        diverged_at = np.full((Q, C), -1)
+        thr = max(cfg.divergence_threshold, 2.0 * self.d_moving)
+        tokens = self.source.tensors[0]
+        full_cache = self._anchor_pass(tokens.to(self.device), False) if full else None
+        k = 0
+        for t in range(cfg.total_steps):
+            record = t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0
+            for c in range(C):
+                if not alive[:, c].any():
+                    continue
+                if full_cache is not None:
+                    cache = full_cache
+                else:
+                    batch = self.source.draw(batch_gens[c], (cfg.batch_size,))
+                    cache = self._anchor_pass(batch if isinstance(batch, torch.Tensor) else batch[0], paired)
+                if record and paired:
+                    star[c, k] = cache.loss
+                for l, idx in self.by_layer.items():
+                    if idx:
+                        self._step_layer(l, idx, w[l], c, t, k if record else -1, cache, trace, alive,
+                                         diverged_at, noise_gens, thr)
+            if record:
+                k += 1
+                if progress_bar is not None:
+                    progress_bar.update(1)
+            if not alive.any():
+                break
+        return trace, diverged_at, star
+
+    def _step_layer(self, l: int, idx: list[int], wl: dict[str, torch.Tensor], c: int, t: int, k: int,
+                    cache: _Cache, trace: np.ndarray, alive: np.ndarray, diverged_at: np.ndarray,
+                    noise_gens: list[list[torch.Generator]], thr: float) -> None:
+        """One SGLD step of chain c for the live components of layer l (in chunks that fit `_MAX_LOGITS`)."""
+        cfg = self.cfg
+        live = [j for j, i in enumerate(idx) if alive[i, c]]
+        B, T = cache.resid[0].shape[:2]
+        chunk = max(1, _MAX_LOGITS // (B * T * self.V))
+        for s in range(0, len(live), chunk):
+            js = live[s:s + chunk]
+            heads = [self.heads[idx[j]][1] for j in js]
+            theta = {p: wl[p][js, c].clone().requires_grad_() for p in HEAD_PARAMS}
+            h = self._final(l, heads, theta, cache)
+            losses, dh = self._cross_entropy(h, cache.targets, len(js), grad=True)  # (q,)
+            grads = torch.autograd.grad(h, [theta[p] for p in HEAD_PARAMS], grad_outputs=dh)
+            values = losses.double().cpu().numpy()
+            for jj, j in enumerate(js):
+                i, lv = idx[j], float(values[jj])
+                if not math.isfinite(lv) or cfg.nbeta * (lv - self.init_loss) > thr:
+                    diverged_at[i, c], alive[i, c] = t, False
+                    continue
+                if k >= 0:
+                    trace[i, c, k] = lv
+                gen = noise_gens[i][c]
+                for p, g in zip(HEAD_PARAMS, grads):
+                    x = theta[p][jj].detach()
+                    noise = torch.randn(x.numel(), generator=gen, dtype=x.dtype).view_as(x).to(self.device)
+                    anchor = self.anchor[l][p][self.heads[i][1]]
+                    wl[p][j, c] = sgld_step(x, g[jj], noise, anchor, None, cfg.epsilon, cfg.nbeta, cfg.gamma)
