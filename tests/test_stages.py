@@ -98,3 +98,52 @@ def test_comparison_figures_render(tmp_path):
             for st, v in zip(STEPS[::10], _curve(0.0)[::10])]
     p = plot_hessian_comparison(pd.DataFrame(rows), tmp_path / "hessian.png", stages=s)
     assert p.stat().st_size > 1000
+
+
+def test_standard_errors_decide_persistence_and_transitions_mark_the_jump():
+    # A small early bump (max at x = 3, min at x = 4.5, height ≈ 0.5) and a jump of 40 centred at x = 8: the range
+    # rule (5% of 40 = 2) merges the bump away; with standard errors the noise decides.
+    y = 0.5 * np.exp(-((X - 3) / 0.5) ** 2) + 0.2 * X + 40 / (1 + np.exp(-(X - 8) / 0.1))
+    assert detect_stages(STEPS, y, StageConfig(bandwidth=0.2)).critical_points == ()
+    sharp = detect_stages(STEPS, y, StageConfig(bandwidth=0.2), se=np.full(len(X), 0.02))
+    assert [c.kind for c in sharp.critical_points] == ["max", "min"]
+    assert abs(math.log1p(sharp.critical_points[0].step) - 3) < 0.2
+    noisy = detect_stages(STEPS, y, StageConfig(bandwidth=0.2), se=np.full(len(X), 0.5))
+    assert noisy.critical_points == ()
+    # The jump is no critical point, but it is the transition of the last stage.
+    assert abs(math.log1p(sharp.transitions[-1]) - 8) < 0.05
+    assert abs(math.log1p(noisy.transitions[-1]) - 8) < 0.05
+    col = sharp.table().transition  # S2, the bump's falling side, changes at an even pace: no burst, no transition
+    assert col.iloc[-1] == round(sharp.transitions[-1]) and col.isna().iloc[1] and len(sharp.transitions) == 2
+    from rllc.analysis.stages import nearest_transition_distance
+
+    d = nearest_transition_distance(noisy, math.expm1(8.1))
+    assert d.log_ratio == pytest.approx(0.1, abs=0.05)
+
+
+def test_stored_curve_uses_one_sampler_setting_and_its_chain_errors():
+    rows = []
+    for h, scale in (("a", 1.0), ("b", 100.0)):  # a second setting with a different scale, at fewer steps
+        for s, v in zip(STEPS[:: (1 if h == "a" else 5)], _curve(0.0)[:: (1 if h == "a" else 5)]):
+            rows.append(dict(step=s, component="all", data="pretrain", measure="llc", value=v * scale, std=0.01,
+                             valid=True, config_hash=h, extra={"per_chain": [v, v, v, None]}))
+    s = curve_stages(pd.DataFrame(rows), config=StageConfig(bandwidth=0.3))
+    assert len(s.boundaries) == 4 and max(s.smoothed) < 3  # setting "a" alone, not an average with "b"
+
+
+def test_formation_timing_against_stages():
+    from rllc.analysis.stages import formation_timing
+
+    y = 0.5 * np.exp(-((X - 3) / 0.5) ** 2) + 0.2 * X + 40 / (1 + np.exp(-(X - 8) / 0.1))
+    stages = detect_stages(STEPS, y, StageConfig(bandwidth=0.2), se=np.full(len(X), 0.02))
+    # an induction score that rises at x = 7.9 in the best of two heads
+    rows = [dict(step=s, component=c, measure="induction_score", value=v)
+            for s, x in zip(STEPS, X) for c, v in (("1:0", 0.9 / (1 + np.exp(-(x - 7.9) / 0.1))), ("1:1", 0.05))]
+    t = formation_timing(stages, pd.DataFrame(rows))
+    assert math.log1p(t.rise) == pytest.approx(7.9, abs=0.05)
+    assert math.log1p(t.transition.boundary) == pytest.approx(8.0, abs=0.05)
+    assert t.transition.log_ratio == pytest.approx(-0.1, abs=0.06)
+    assert math.log1p(t.boundary.boundary) == pytest.approx(3.85, abs=0.3)  # the bump's minimum, far away
+    assert "induction score rises most steeply at step" in t.sentence()
+    with pytest.raises(RllcError):
+        formation_timing(stages, pd.DataFrame(rows[:4]))

@@ -4,8 +4,13 @@ A stage boundary is a critical point of the LLC over log-steps: where it stops r
 is smoothed by Gaussian kernel regression over x = ln(1 + step) with a stated bandwidth (in units of x, so 0.25
 means a kernel standard deviation of a factor e^0.25 ≈ 1.28 in steps), evaluated on a uniform grid, and its local
 extremes are the candidate boundaries. Wiggles are removed by persistence: while two neighbouring extremes differ
-by less than `min_change` × the smoothed curve's range, the pair is dropped. The stages are the intervals between
-consecutive boundaries (and the first and last checkpoints); within each the smoothed LLC rises or falls.
+by less than a tolerance, the pair is dropped. The tolerance is `z` standard errors of their difference when the
+curve's standard errors are known (an LLC curve's: chain spread / sqrt(chains)), else `min_change` × the smoothed
+curve's range. The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
+within each the smoothed LLC rises or falls, and its *transition*, if it has one, is the step where it changes
+fastest (the steepest slope over ln step inside the stage, kept when it is at least `burst` times the stage's
+median slope) — a developmental event that need not be a critical point, e.g. the LLC's jump while induction heads
+form.
 """
 
 from __future__ import annotations
@@ -27,12 +32,18 @@ class StageConfig:
     Attributes:
         bandwidth: Gaussian kernel standard deviation in ln(1 + step) units.
         grid_points: points of the uniform log-step grid the smoothed curve is evaluated on.
-        min_change: neighbouring extremes closer than this fraction of the smoothed range are merged away.
+        min_change: without standard errors, neighbouring extremes closer than this fraction of the smoothed range
+            are merged away.
+        z: with standard errors, neighbouring extremes closer than z standard errors of their difference are
+            merged away.
+        burst: a stage has a transition where its steepest |slope| is at least this many times its median |slope|.
     """
 
     bandwidth: float = 0.25
     grid_points: int = 400
     min_change: float = 0.05
+    z: float = 3.0
+    burst: float = 3.0
 
     def __post_init__(self) -> None:
         if not self.bandwidth > 0:
@@ -41,6 +52,8 @@ class StageConfig:
             raise RllcError(f"stage detection: grid_points must be at least 10, got {self.grid_points}")
         if not 0 <= self.min_change < 1:
             raise RllcError(f"stage detection: min_change must be in [0, 1), got {self.min_change}")
+        if not self.z >= 0:
+            raise RllcError(f"stage detection: z must be >= 0, got {self.z}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class Stages:
         critical_points: the kept extremes (interior boundaries), in step order.
         bandwidth: the smoothing bandwidth used (ln-step units).
         grid_steps, smoothed: the smoothed curve (for plotting), each (grid_points,).
+        stage_transitions: per stage, the step where the smoothed curve changes fastest per unit ln(1 + step), or
+            NaN when that is no burst (see `StageConfig.burst`).
     """
 
     start: float
@@ -69,6 +84,12 @@ class Stages:
     bandwidth: float
     grid_steps: tuple[float, ...]
     smoothed: tuple[float, ...]
+    stage_transitions: tuple[float, ...] = ()
+
+    @property
+    def transitions(self) -> tuple[float, ...]:
+        """The stages' transitions, ascending (stages without a burst of change have none)."""
+        return tuple(t for t in self.stage_transitions if not math.isnan(t))
 
     @property
     def boundaries(self) -> tuple[float, ...]:
@@ -92,15 +113,17 @@ class Stages:
                 ("val_loss", "train_loss" or "loss"), interpolated in ln(1 + step) at the stage ends.
 
         Returns:
-            Columns stage ("S1", …), start, end, llc_start, llc_end, llc_trend ("rising"/"falling"),
-            and loss_start, loss_end, loss_change when `loss` is given.
+            Columns stage ("S1", …), start, end, llc_start, llc_end, llc_trend ("rising"/"falling"), transition
+            (the step of fastest change inside the stage), and loss_start, loss_end, loss_change when `loss` is
+            given.
         """
         rows = []
         e = self.edges
         for i in range(len(e) - 1):
             a, b = self.value_at(e[i]), self.value_at(e[i + 1])
             rows.append({"stage": f"S{i + 1}", "start": int(round(e[i])), "end": int(round(e[i + 1])),
-                         "llc_start": a, "llc_end": b, "llc_trend": "rising" if b >= a else "falling"})
+                         "llc_start": a, "llc_end": b, "llc_trend": "rising" if b >= a else "falling",
+                         "transition": _step_or_none(self.stage_transitions, i)})
         df = pd.DataFrame(rows)
         if loss is not None:
             ls, lv = _loss_curve(loss)
@@ -109,6 +132,10 @@ class Stages:
             df["loss_end"] = np.interp(np.log1p(df["end"].to_numpy(float)), x, lv)
             df["loss_change"] = df["loss_end"] - df["loss_start"]
         return df
+
+
+def _step_or_none(values: Sequence[float], i: int) -> int | None:
+    return int(round(values[i])) if i < len(values) and not math.isnan(values[i]) else None
 
 
 def _loss_curve(loss: tuple[Sequence[float], Sequence[float]] | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -161,26 +188,43 @@ def _extremes(y: np.ndarray) -> list[tuple[int, str]]:
     return out
 
 
-def detect_stages(steps: Sequence[float], values: Sequence[float], config: StageConfig = StageConfig()) -> Stages:
+def detect_stages(steps: Sequence[float], values: Sequence[float], config: StageConfig = StageConfig(),
+                  se: Sequence[float] | None = None) -> Stages:
     """Stage boundaries of a curve: the persistent critical points of its smoothed version over log-steps.
 
     Args:
         steps: checkpoint steps (N,), any order; NaN values are dropped.
         values: the curve (N,), e.g. the full-model LLC or a head's rLLC.
         config: bandwidth, grid and persistence threshold.
+        se: optional standard errors of the values (N,); with them, extremes are kept when they differ by more
+            than ``config.z`` standard errors (the noise decides), else by more than ``config.min_change`` × the
+            curve's range.
 
     Returns:
         Stages.
     """
     grid_steps, y = smooth_log_curve(steps, values, config.bandwidth, config.grid_points)
     ext = _extremes(y)
-    tol = config.min_change * float(y.max() - y.min())
+    if se is not None:
+        s, e = np.asarray(steps, dtype=float), np.asarray(se, dtype=float)
+        ok = np.isfinite(s) & np.isfinite(e) & np.isfinite(np.asarray(values, dtype=float))
+        order = np.argsort(s[ok])
+        # The standard error of the curve at each grid point, interpolated between checkpoints on ln(1 + step).
+        se_grid = np.interp(np.log1p(grid_steps), np.log1p(s[ok][order]), e[ok][order])
+
+        def tol(i: int, j: int) -> float:
+            return config.z * math.hypot(se_grid[i], se_grid[j])
+    else:
+        flat = config.min_change * float(y.max() - y.min())
+
+        def tol(i: int, j: int) -> float:
+            return flat
     # Persistence simplification over the sequence start, extremes…, end.
     pts = [(0, "end")] + ext + [(len(y) - 1, "end")]
     while len(pts) > 2:
-        diffs = [abs(y[pts[i + 1][0]] - y[pts[i][0]]) for i in range(len(pts) - 1)]
-        i = int(np.argmin(diffs))
-        if diffs[i] >= tol:
+        gaps = [abs(y[pts[i + 1][0]] - y[pts[i][0]]) - tol(pts[i][0], pts[i + 1][0]) for i in range(len(pts) - 1)]
+        i = int(np.argmin(gaps))
+        if gaps[i] >= 0:
             break
         if i == 0:
             del pts[1]  # the first extreme is a wiggle next to the start
@@ -189,13 +233,34 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
         else:
             del pts[i:i + 2]
     cps = tuple(CriticalPoint(float(grid_steps[j]), k, float(y[j])) for j, k in pts[1:-1])
+    gx = np.log1p(grid_steps)
+    slope = np.abs(np.gradient(y, gx))
+    # Only where a checkpoint lies within a bandwidth: elsewhere (e.g. between steps 0 and 10 on a log axis) the
+    # smoothed curve is an interpolation, and its slope says nothing.
+    x = np.log1p(np.asarray(steps, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
+    seen = np.abs(gx[:, None] - x[None, :]).min(1) <= config.bandwidth
+    cuts = [j for j, _ in pts]
+    transitions = []
+    for a, b in zip(cuts, cuts[1:]):
+        seg = np.where(seen[a:b + 1], slope[a:b + 1], np.nan)
+        if np.isnan(seg).all():
+            transitions.append(float("nan"))
+            continue
+        peak = int(np.nanargmax(seg))
+        burst = seg[peak] > 0 and seg[peak] >= config.burst * float(np.nanmedian(seg))
+        transitions.append(float(grid_steps[a + peak]) if burst else float("nan"))
+    transitions = tuple(transitions)
     return Stages(float(grid_steps[0]), float(grid_steps[-1]), cps, config.bandwidth,
-                  tuple(map(float, grid_steps)), tuple(map(float, y)))
+                  tuple(map(float, grid_steps)), tuple(map(float, y)), transitions)
 
 
 def curve_stages(results: pd.DataFrame, *, component: str = "all", data: str = "pretrain", measure: str = "llc",
                  config: StageConfig = StageConfig()) -> Stages:
     """Stages of one stored curve (rows of `load_results` with the given component, data and measure).
+
+    When the rows come from several settings (config hashes), the one with the most checkpoints is used: curves
+    from different samplers are not averaged. With per-chain values (`load_results(..., with_extra=True)`) the
+    standard errors std / sqrt(valid chains) set the persistence threshold (see `detect_stages`).
 
     Returns:
         Stages of the mean value per step (invalid rows dropped).
@@ -205,8 +270,16 @@ def curve_stages(results: pd.DataFrame, *, component: str = "all", data: str = "
         d = d[d.valid.astype(bool)]
     if d.empty:
         raise RllcError(f"no valid {measure!r} results for component {component!r} on data {data!r}; sweep first")
+    if "config_hash" in d and d.config_hash.nunique() > 1:
+        d = d[d.config_hash == d.groupby("config_hash").step.nunique().idxmax()]
     g = d.groupby("step")["value"].mean()
-    return detect_stages(g.index.to_numpy(float), g.to_numpy(float), config)
+    se = None
+    if "extra" in d and "std" in d:
+        chains = d.extra.map(lambda x: sum(v is not None and math.isfinite(v) for v in x.get("per_chain", []))
+                             if isinstance(x, dict) else 0)
+        if (chains >= 2).all():
+            se = (d["std"] / np.sqrt(chains)).groupby(d.step).mean().reindex(g.index).to_numpy(float)
+    return detect_stages(g.index.to_numpy(float), g.to_numpy(float), config, se=se)
 
 
 def head_stages(results: pd.DataFrame, *, data: str = "pretrain", measure: str = "llc",
@@ -238,10 +311,18 @@ class BoundaryDistance:
 
 def nearest_boundary_distance(stages: Stages, step: float) -> BoundaryDistance:
     """Distance from `step` to the nearest interior stage boundary (NaN fields when there is none)."""
-    b = stages.boundaries
-    if not b:
+    return _nearest(stages.boundaries, step)
+
+
+def nearest_transition_distance(stages: Stages, step: float) -> BoundaryDistance:
+    """Distance from `step` to the nearest stage transition (the step of fastest change inside a stage)."""
+    return _nearest(stages.transitions, step)
+
+
+def _nearest(points: Sequence[float], step: float) -> BoundaryDistance:
+    if not points:
         return BoundaryDistance(float("nan"), float("nan"), float("nan"))
-    near = min(b, key=lambda s: abs(math.log1p(s) - math.log1p(step)))
+    near = min(points, key=lambda s: abs(math.log1p(s) - math.log1p(step)))
     return BoundaryDistance(near, step - near, math.log1p(step) - math.log1p(near))
 
 
@@ -249,3 +330,51 @@ def steepest_rise(steps: Sequence[float], values: Sequence[float], bandwidth: fl
     """The step where a curve (e.g. an induction score) rises fastest per unit ln(1 + step), after smoothing."""
     gs, y = smooth_log_curve(steps, values, bandwidth)
     return float(gs[int(np.argmax(np.gradient(y, np.log1p(gs))))])
+
+
+@dataclass(frozen=True)
+class FormationTiming:
+    """Where a behaviour forms relative to the stages of an LLC curve.
+
+    Attributes:
+        measure: the behavioural score used (e.g. "induction_score"), its best head per checkpoint.
+        rise: the step where that score rises most steeply (per unit ln(1 + step), after smoothing).
+        boundary: the nearest stage boundary (critical point) and its distance from `rise`.
+        transition: the nearest stage transition (steepest LLC change inside a stage) and its distance.
+    """
+
+    measure: str
+    rise: float
+    boundary: BoundaryDistance
+    transition: BoundaryDistance
+
+    def sentence(self) -> str:
+        """One line for a summary or report."""
+        def say(name: str, d: BoundaryDistance) -> str:
+            if math.isnan(d.boundary):
+                return f"no {name}"
+            return f"nearest {name} at step {d.boundary:.0f} (rise − it = {d.steps:+.0f} steps, {d.log_ratio:+.2f} in ln step)"
+        return (f"{self.measure.replace('_', ' ')} rises most steeply at step {self.rise:.0f}; "
+                f"{say('stage boundary', self.boundary)}; {say('LLC transition', self.transition)}")
+
+
+def formation_timing(stages: Stages, results: pd.DataFrame, measure: str = "induction_score",
+                     bandwidth: float = 0.25) -> FormationTiming:
+    """Time the formation of a behaviour (default: induction heads) against the stages of an LLC curve.
+
+    Args:
+        stages: from `curve_stages` / `detect_stages`.
+        results: rows of `load_results` holding `measure` per head and step (`rllc heads` writes them).
+        measure: the head score whose best head per checkpoint marks the behaviour.
+        bandwidth: smoothing of the score curve, ln-step units.
+
+    Returns:
+        FormationTiming.
+    """
+    d = results[results.measure == measure]
+    if d.step.nunique() < 3:
+        raise RllcError(f"need {measure} at 3 or more checkpoints to time its rise; run `rllc heads` first")
+    best = d.groupby("step").value.max()
+    rise = steepest_rise(best.index.to_numpy(float), best.to_numpy(float), bandwidth)
+    return FormationTiming(measure, rise, nearest_boundary_distance(stages, rise),
+                           nearest_transition_distance(stages, rise))

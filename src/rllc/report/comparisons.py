@@ -18,7 +18,8 @@ _STAGE_COLOURS = ("#4c72b0", "#dd8452")
 
 
 def shade_stages(ax: plt.Axes, stages: Stages, *, labels: bool = True, alpha: float = 0.08) -> None:
-    """Shade alternate stages of `stages` on an axis whose x axis is the training step; label them S1, S2, …"""
+    """Shade alternate stages of `stages` on an axis whose x axis is the training step; label them S1, S2, …;
+    dashed lines at the boundaries, dotted lines at the transitions (steepest change inside a stage)."""
     e = stages.edges
     for i in range(len(e) - 1):
         ax.axvspan(max(e[i], 1), max(e[i + 1], 1), color=_STAGE_COLOURS[i % 2], alpha=alpha, lw=0)
@@ -28,6 +29,8 @@ def shade_stages(ax: plt.Axes, stages: Stages, *, labels: bool = True, alpha: fl
                     fontsize=7, color="0.3")
     for b in stages.boundaries:
         ax.axvline(b, color="0.5", lw=0.6, ls="--")
+    for t in stages.transitions:
+        ax.axvline(max(t, 1), color="0.5", lw=0.6, ls=":")
 
 
 def plot_hessian_comparison(results: pd.DataFrame, path: str | Path, *, components: Sequence[str] = ("all",),

@@ -5,6 +5,8 @@ Figures, one per (data set, sampler config):
                             shaded ±1 s.d. across chains: wrLLC on the pre-training data, wdrLLC on another data
                             set, model-as-generator wdrLLC for a `model:` data set
   full_<hash>.png           the full-model LLC (one line per data set: LLC / drLLC) beside the training loss
+Every figure of a config hash is shaded with the developmental stages of that config's full-model LLC on the
+pre-training data (`rllc.analysis.stages`), when it has one.
 """
 
 from __future__ import annotations
@@ -55,12 +57,33 @@ def _band(ax, g: pd.DataFrame, **kw) -> None:  # noqa: ANN001
         ax.plot(x[bad], y[bad], "x", color=line.get_color(), ms=4)
 
 
-def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+def _stages(df: pd.DataFrame):  # noqa: ANN202 - Stages | None
+    """Stages of the full-model LLC on pretrain among `df` (one config hash), or None when there is no such curve."""
+    from rllc.analysis.stages import curve_stages
+
+    full = df[(df["component"] == "all") & (df["data"] == "pretrain")]
+    if full["step"].nunique() < 3:
+        return None
+    try:
+        return curve_stages(full)
+    except RllcError:  # e.g. too few valid estimates: the figure goes without stages
+        return None
+
+
+def _shade(ax, stages) -> None:  # noqa: ANN001
+    if stages is not None:
+        from rllc.report.comparisons import shade_stages
+
+        shade_stages(ax, stages)
+
+
+def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str, stages=None) -> Path:  # noqa: ANN001
     """Per-head curves: one panel per layer, a colour per head, shaded ±1 s.d. across chains.
 
     Args:
         df: rows of one run, data set and config hash with head components "l:h" (columns step, component,
             value, std, valid).
+        stages: optional `Stages` to shade (those of the full-model LLC).
     """
     path = Path(path)
     layers = sorted({int(c.split(":")[0]) for c in df["component"]})
@@ -74,9 +97,10 @@ def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str) -> Path:
             _band(ax, sub[sub["component"] == comp].sort_values("step"), color=cmap(i % 10), label=comp)
         ax.set_xscale("log")
         ax.set_xlabel("training step (step 0 drawn at 1)")
-        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_title(f"layer {layer}", fontsize=9, pad=14)  # room for the stage labels
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, title="head l:h", title_fontsize=7)
+        _shade(ax, stages)
     axes[0][0].set_ylabel("λ̂ (shaded: ±1 s.d. across chains; x: invalid)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -85,8 +109,9 @@ def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     return path
 
 
-def plot_full(df: pd.DataFrame, run, path: str | Path, *, title: str) -> Path:  # noqa: ANN001 - Run
-    """The full-model LLC per data set (right) beside the training and validation loss (left)."""
+def plot_full(df: pd.DataFrame, run, path: str | Path, *, title: str, stages=None) -> Path:  # noqa: ANN001
+    """The full-model LLC per data set (right) beside the training and validation loss (left); `stages` (optional)
+    are shaded on both."""
     path = Path(path)
     fig, (ax_loss, ax_llc) = plt.subplots(1, 2, figsize=(10.5, 3.8), dpi=120)
     if run is not None:
@@ -96,15 +121,17 @@ def plot_full(df: pd.DataFrame, run, path: str | Path, *, title: str) -> Path:  
         ax_loss.set_xlabel("training step")
         ax_loss.set_ylabel("next-token loss (nats)")
         ax_loss.grid(alpha=0.3)
-    ax_loss.set_title("loss", fontsize=9)
+    ax_loss.set_title("loss", fontsize=9, pad=14)
     for data, g in df.groupby("data", sort=True):
         _band(ax_llc, g.sort_values("step"), label=f"{_kind(data, False)} on {data}")
     ax_llc.set_xscale("log")
     ax_llc.set_xlabel("training step")
     ax_llc.set_ylabel("λ̂ of the full model (±1 s.d. across chains)")
-    ax_llc.set_title("full-model LLC", fontsize=9)
+    ax_llc.set_title("full-model LLC", fontsize=9, pad=14)
     ax_llc.grid(alpha=0.3)
     ax_llc.legend(fontsize=7)
+    for ax in (ax_loss, ax_llc):
+        _shade(ax, stages)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -130,7 +157,7 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
     written: list[Path] = []
     for d in dirs:
         d = Path(d)
-        df = load_results(d)
+        df = load_results(d, with_extra=True)
         df = df[df["measure"] == "llc"]
         if config_hash is not None:
             df = df[df["config_hash"] == config_hash]
@@ -147,11 +174,13 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
             out_dir = out_dir / d.name
         out_dir.mkdir(parents=True, exist_ok=True)
         head_mask = df["component"].str.fullmatch(r"\d+:\d+")
+        stages = {h: _stages(g) for h, g in df.groupby("config_hash")}
         for (chash, data), g in df[head_mask].groupby(["config_hash", "data"]):
             title = (f"{d.name}: per-head {_kind(data, True)} on {data}\n"
                      f"{_settings(configs.get(chash, {}))}  [config {chash}]")
-            written.append(plot_heads(g, out_dir / f"heads_{_slug(data)}_{chash}.png", title=title))
+            written.append(plot_heads(g, out_dir / f"heads_{_slug(data)}_{chash}.png", title=title,
+                                      stages=stages[chash]))
         for chash, g in df[df["component"] == "all"].groupby("config_hash"):
             title = f"{d.name}: full-model LLC and loss\n{_settings(configs.get(chash, {}))}  [config {chash}]"
-            written.append(plot_full(g, run, out_dir / f"full_{chash}.png", title=title))
+            written.append(plot_full(g, run, out_dir / f"full_{chash}.png", title=title, stages=stages[chash]))
     return written

@@ -400,12 +400,22 @@ def _loss_llc(doc: _Doc, r: _RunData) -> list[str]:
            "on the pre-training data with ±1 s.d. across SGLD chains. Both axes use a log step axis")
     if r.stages is not None:
         cap += ("; shaded bands are the developmental stages S1, S2, … found at the critical points of the "
-                "smoothed LLC (dashed lines)")
+                "smoothed LLC (dashed lines); dotted lines mark each stage's transition, where the smoothed LLC "
+                "changes fastest")
     out.append(doc.figure(_png(fig), cap + ".", f"{r.name} loss and LLC"))
     if r.stages is not None:
         t = r.stages.table(loss=ck if len(ck) else None)
         out.append(doc.table(t, "Developmental stages of the full-model LLC: step range, the smoothed LLC at each "
-                                "end and its trend" + (", and the validation loss at each end." if len(ck) else ".")))
+                                "end, its trend and its transition (the step of fastest change)"
+                                + (", and the validation loss at each end." if len(ck) else ".")))
+        if (r.results.measure == "induction_score").any():
+            from rllc.analysis.stages import formation_timing
+
+            try:
+                out.append(_note("Induction heads vs stages: " + _e(formation_timing(r.stages, r.results).sentence())
+                                 + "."))
+            except RllcError as e:
+                out.append(_note(f"Induction heads vs stages: {_e(str(e))}"))
     elif not len(full):
         out.append(_missing("full-model LLC (measure llc, component all, data pretrain)", f"rllc sweep {r.cmd}"))
     else:
