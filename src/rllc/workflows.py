@@ -26,9 +26,10 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     """Train the `cpu` preset on the built-in corpus, sweep per-head rLLCs, analyse the heads, write the report.
 
     Steps: training (checkpoints, loss curve) → the demo sweep (per-head wrLLC on the pre-training mixture and on
-    `code` and the full-model LLC at 12 checkpoints) → LLC curves → head analysis (scores, ablations,
-    composition, tokens in context, head types) → the HTML report. Every step resumes: re-running after an
-    interruption computes only what is missing.
+    `code` at 12 checkpoints, the full-model LLC at every checkpoint) → LLC curves → head analysis at 32
+    checkpoints (scores, ablations, composition, tokens in context, head types) → developmental stages of the
+    full-model LLC, timed against the induction heads' formation → the HTML report. Every step resumes:
+    re-running after an interruption computes only what is missing.
 
     Args:
         out: run directory.
@@ -36,7 +37,9 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         seed: random seed.
         progress: progress bars and per-stage lines.
     """
-    from rllc.analysis.over_training import heads_command
+    from rllc.analysis.over_training import HeadAnalysisConfig, heads_command
+    from rllc.analysis.stages import curve_stages, formation_timing
+    from rllc.sweep.store import ResultStore
     from rllc.report.curves import plot_sweep
     from rllc.report.html import write_report
     from rllc.report.plots import plot_loss_curve
@@ -58,7 +61,10 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     loss_png = plot_loss_curve(run, out / "loss_curve.png")
     sweep = timed("sweep", lambda: demo_sweep(out, progress=progress))
     curve_pngs = timed("plots", lambda: plot_sweep(out))
-    heads = timed("heads", lambda: heads_command(out))
+    heads = timed("heads", lambda: heads_command(out, config=HeadAnalysisConfig(max_checkpoints=32)))
+    results = ResultStore(out).frame(with_extra=True)
+    stages = curve_stages(results[results.config_hash == sweep.config_hash])
+    timing = formation_timing(stages, results)
     report = timed("report", lambda: write_report([out]))
     table = heads.table
     best_prev = table.loc[table.prev_token_score.idxmax()]
@@ -72,6 +78,9 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         f"{at0['prev_token_score']:.2f})",
         f"induction head {best_ind.component}: {best_ind.induction_score:.2f} (best head at step 0: "
         f"{at0['induction_score']:.2f})",
+        f"stages of the full-model LLC: boundaries at steps {', '.join(f'{b:.0f}' for b in stages.boundaries) or 'none'}"
+        f"; transitions at {', '.join(f'{t:.0f}' for t in stages.transitions)}",
+        timing.sentence(),
         f"figures: {loss_png}, {len(curve_pngs)} LLC plots in {out / 'plots'}, head figures in {out / 'heads'}",
         f"report: {report}",
     ]

@@ -483,22 +483,24 @@ def sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | Seque
 
 # The demo's sweep on the cpu preset (2 × 4 heads, d_model 64, n_ctx 64, vocab 1024), sized for its budget on 2
 # CPU cores: the paper's ε, nβ, γ and 4 chains, but 20 draws of batch 8 instead of 200 draws of batch 32 (40× less
-# sampling), with paired (same-minibatch) differences, on 512 windows per data set; 12 checkpoints × 17 jobs,
-# ~6 minutes measured here.
-DEMO_SWEEP = dict(steps="log:12", chains=4, draws=20, batch_size=8, n_samples=512)
+# sampling), with paired (same-minibatch) differences, on 512 windows per data set. The heads at 12 checkpoints
+# spread on a log axis (`steps`); the full-model LLC at every checkpoint (`full_steps`), dense enough for the stage
+# detection to see the LLC jump while the induction heads form.
+DEMO_SWEEP = dict(steps="log:12", full_steps="all", chains=4, draws=20, batch_size=8, n_samples=512)
 
 
 def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progress: bool = True,
                **settings: Any) -> SweepResult:
-    """The demo's sweep: per-head wrLLC on the pre-training mixture and on `code`, and the full-model LLC on the
-    pre-training mixture, at 12 checkpoints spread on a log axis (`DEMO_SWEEP`; `settings` override it)."""
+    """The demo's sweep: per-head wrLLC on the pre-training mixture and on `code` at 12 checkpoints spread on a log
+    axis, and the full-model LLC on the pre-training mixture at every checkpoint (`DEMO_SWEEP`; `settings`
+    override it)."""
     from rllc.sweep.executors import make_executor
 
     s = {**DEMO_SWEEP, **settings}
-    steps, n_samples = s.pop("steps"), s.pop("n_samples")
+    steps, full_steps, n_samples = s.pop("steps"), s.pop("full_steps"), s.pop("n_samples")
     cfg = SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
     heads = plan_sweep(run_dir, components="heads", data="pretrain,code", steps=steps, config=cfg)
-    full = plan_sweep(run_dir, components="all", data="pretrain", steps=steps, config=cfg)
+    full = plan_sweep(run_dir, components="all", data="pretrain", steps=full_steps, config=cfg)
     order = {d: i for i, d in enumerate(["pretrain", "code"])}
     tasks = sorted(heads.tasks + full.tasks, key=lambda t: (t.run_dir, t.step, order[t.data], len(t.components)))
     plan = Plan(cfg, tasks, heads.done | full.done)
