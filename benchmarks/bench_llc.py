@@ -1,9 +1,10 @@
 """One table of LLC-engine speed and memory figures, every figure measured side by side in one run.
 
-Run: .venv/bin/python benchmarks/bench_llc.py [--draws N] [--reps R]   (a few minutes on 1–2 CPU cores)
-Model: the rllc `cpu` preset (2 layers × 4 heads, d_model 64, n_ctx 64, vocab 2048), random token windows.
-Timed variants are interleaved within each repetition and the median over repetitions is reported, so machine
-contention hits both sides of every ratio alike. One intra-op thread.
+Run: python benchmarks/bench_llc.py [--draws N] [--reps R] [--run RUN_DIR]   (a few minutes on 1–2 CPU cores)
+Model: the rllc `cpu` preset (2 layers × 4 heads, d_model 64, n_ctx 64, vocab 1024) — at initialisation on random
+token windows, or the last checkpoint of RUN_DIR on its pre-training data. Timed variants are interleaved within
+each repetition and the median over repetitions is reported, so machine contention hits both sides of every ratio
+alike. One intra-op thread unless --threads says otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import torch
 
 from rllc.llc import estimate_llc, estimate_llc_many
 from rllc.llc.losses import next_token_loss
-from rllc.model import ModelConfig, Transformer
+from rllc.model import ModelConfig, Transformer, heads
 
-CPU = dict(n_layers=2, n_heads=4, d_model=64, d_head=16, n_ctx=64, d_vocab=2048)
 HP = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0, batch_size=32)  # the paper's sampler
 
 
@@ -31,34 +31,68 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
-def _memory_child(draws: int) -> None:
-    """In a subprocess: a 4-chain estimate on the `paper` preset (batch 32 × 1024); prints peak RSS in GiB."""
+def _memory_child(what: str) -> None:
+    """In a subprocess: a 4-chain estimate on the `paper` preset (batch 32 × 1024, 2 draws); prints peak RSS."""
     import resource
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     model = Transformer(ModelConfig(), seed=0)
     tokens = torch.randint(0, model.cfg.d_vocab, (64, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
-    t, res = _timed(lambda: estimate_llc(model, tokens, chains=4, draws=draws, init_batches=1, **HP))
+    if what == "all":
+        t, res = _timed(lambda: estimate_llc(model, tokens, chains=4, draws=2, init_batches=1, **HP))
+    else:  # every head at once on the per-head path
+        t, res = _timed(lambda: estimate_llc_many(model, tokens, heads(model.cfg), chains=4, draws=1,
+                                                  init_batches=1, **HP)[0])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     print(json.dumps({"rss_gib": rss, "seconds": t, "mean": res.mean}))
 
 
+def _model_and_data(run_dir: str | None) -> tuple[Transformer, torch.Tensor, str]:
+    if run_dir:
+        from rllc.train import load_run
+
+        run = load_run(run_dir)
+        return run.model_at(run.steps[-1]), run.sample_tokens("pretrain", 1024), f"{run_dir} step {run.steps[-1]}"
+    from rllc.train import preset
+
+    cfg = preset("cpu")[0]
+    model = Transformer(cfg, seed=0)
+    tokens = torch.randint(0, cfg.d_vocab, (1024, cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    return model, tokens, "cpu preset at initialisation, random tokens"
+
+
+def _devinterp(model, tokens, draws, init_loss, masks=None):  # noqa: ANN001, ANN202
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    loader = torch.utils.data.DataLoader(tokens, batch_size=HP["batch_size"], shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    out = estimate_learning_coeff_with_summary(
+        model, loader, evaluate=lambda m, b: next_token_loss(m, b), sampling_method=SGLD,
+        optimizer_kwargs=dict(lr=HP["epsilon"], nbeta=HP["nbeta"], localization=HP["gamma"]),
+        num_draws=draws, num_chains=4, num_burnin_steps=0, num_steps_bw_draws=1, seed=0, verbose=False,
+        online=False, optimize_over_per_model_param=masks, init_loss=init_loss)
+    return float(out["llc/mean"]), float(out["llc/std"])
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--draws", type=int, default=8)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--draws", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--memory-child", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--run", help="a cpu-preset run directory (default: the preset at initialisation)")
+    ap.add_argument("--memory-child", choices=["all", "heads"])
     args = ap.parse_args()
-    torch.set_num_threads(1)
     if args.memory_child:
-        return _memory_child(2)
+        return _memory_child(args.memory_child)
+    torch.set_num_threads(args.threads)
     D, R = args.draws, args.reps
-    model = Transformer(ModelConfig(**CPU), seed=0)
-    tokens = torch.randint(0, CPU["d_vocab"], (1024, CPU["n_ctx"]), generator=torch.Generator().manual_seed(0))
-    heads = [f"{l}:{h}" for l in range(CPU["n_layers"]) for h in range(CPU["n_heads"])]
+    model, tokens, what = _model_and_data(args.run)
+    names = heads(model.cfg)
     common = dict(draws=D, init_batches=1, **HP)
 
-    train_model = Transformer(ModelConfig(**CPU), seed=0)
+    train_model = Transformer(model.cfg, seed=0)
+    train_model.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(train_model.parameters(), lr=1e-3)
     batch = tokens[:32]
 
@@ -66,66 +100,98 @@ def main() -> None:
         for _ in range(D):
             opt.zero_grad(set_to_none=True)
             next_token_loss(train_model, batch).backward()
+            torch.nn.utils.clip_grad_norm_(train_model.parameters(), 1.0)
             opt.step()
 
     try:
-        from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-        from devinterp.optim.sgld import SGLD
+        import devinterp  # noqa: F401
+
+        have_devinterp = True
     except ImportError:
-        estimate_learning_coeff_with_summary = None
+        have_devinterp = False
 
-    def devinterp_run():
-        loader = torch.utils.data.DataLoader(tokens, batch_size=HP["batch_size"], shuffle=True,
-                                             generator=torch.Generator().manual_seed(0))
-        out = estimate_learning_coeff_with_summary(
-            model, loader, evaluate=lambda m, b: next_token_loss(m, b), sampling_method=SGLD,
-            optimizer_kwargs=dict(lr=HP["epsilon"], nbeta=HP["nbeta"], localization=HP["gamma"]),
-            num_draws=D, num_chains=4, num_burnin_steps=0, num_steps_bw_draws=1, seed=0, verbose=False,
-            online=False)
-        return float(out["llc/mean"]), float(out["llc/std"])
+    def many(paired):
+        return estimate_llc_many(model, tokens, names, chains=4, paired=paired, **common)
 
-    t = {k: [] for k in ["train", "draw1", "vmap4", "seq4", "heads_many", "heads_each", "ours4", "devinterp4"]}
-    est = {}
+    def each(paired, batched="auto"):
+        return [estimate_llc(model, tokens, component=h, chains=4, paired=paired, batched=batched, **common)
+                for h in names]
+
+    t: dict[str, list[float]] = {}
+    est: dict[str, object] = {}
+
+    def add(key, fn):  # noqa: ANN001, ANN202
+        dt, out = _timed(fn)
+        t.setdefault(key, []).append(dt)
+        return out
+
     for rep in range(R):
-        t["train"].append(_timed(train_steps)[0] / D)
-        t["draw1"].append(_timed(lambda: estimate_llc(model, tokens, chains=1, batched=False, **common))[0] / D)
-        t["vmap4"].append(_timed(lambda: estimate_llc(model, tokens, chains=4, batched=True, **common))[0])
-        t["seq4"].append(_timed(lambda: estimate_llc(model, tokens, chains=4, batched=False, **common))[0])
-        dt, many = _timed(lambda: estimate_llc_many(model, tokens, heads, chains=2, **common))
-        t["heads_many"].append(dt)
-        t["heads_each"].append(_timed(lambda: [estimate_llc(model, tokens, component=h, chains=2, **common)
-                                              for h in heads])[0])
-        dt, r = _timed(lambda: estimate_llc(model, tokens, chains=4, draws=D, **HP))  # init from 16 batches
-        t["ours4"].append(dt)
-        est["ours"] = (r.mean, r.std)
-        if estimate_learning_coeff_with_summary is not None:
-            dt, est["devinterp"] = _timed(devinterp_run)
-            t["devinterp4"].append(dt)
-    med = {k: statistics.median(v) for k, v in t.items() if v}
-    child = subprocess.run([sys.executable, __file__, "--memory-child"], capture_output=True, text=True, check=True)
-    mem = json.loads(child.stdout.strip().splitlines()[-1])
+        add("train", train_steps)
+        add("draw1", lambda: estimate_llc(model, tokens, chains=1, batched=False, **common))
+        add("vmap4", lambda: estimate_llc(model, tokens, chains=4, batched=True, **common))
+        add("seq4", lambda: estimate_llc(model, tokens, chains=4, batched=False, **common))
+        est["many"] = add("many", lambda: many(False))
+        add("each", lambda: each(False))
+        add("each_ref", lambda: each(False, batched=False))
+        add("many_paired", lambda: many(True))
+        add("each_paired", lambda: each(True))
+        add("each_ref_paired", lambda: each(True, batched=False))
+        est["ours4"] = add("ours4", lambda: estimate_llc(model, tokens, chains=4, draws=D, **HP))  # L_n(w*): 16 batches
+        if have_devinterp:
+            # devinterp gets our L_n(w*) so that the comparison is of the samplers, not of two noisy L_n(w*).
+            est["dev4"] = add("dev4", lambda: _devinterp(model, tokens, D, est["ours4"].init_loss))
+            if rep == 0:  # one pass of devinterp over every head (the paper's workload); it is slow
+                params = dict(model.named_parameters())
+                dev_heads = []
+                for h in names:
+                    masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+                    masks |= model.component(h).masks(model)
+                    dev_heads.append(add("dev_heads", lambda: _devinterp(model, tokens, D, est["many"][0].init_loss,
+                                                                         masks)))
+                est["dev_heads"] = dev_heads
+                t["dev_heads"] = [sum(t["dev_heads"])]
+    med = {k: statistics.median(v) for k, v in t.items()}
+    mem = {}
+    for kind in ("all", "heads"):
+        child = subprocess.run([sys.executable, __file__, "--memory-child", kind], capture_output=True, text=True,
+                               check=True)
+        mem[kind] = json.loads(child.stdout.strip().splitlines()[-1])
 
-    print(f"settings: cpu preset {CPU}, random tokens (1024 × 64), ε={HP['epsilon']} nβ={HP['nbeta']} "
-          f"γ={HP['gamma']} batch {HP['batch_size']}, draws {D}, {R} interleaved repetitions (median), "
-          f"torch {torch.__version__}, 1 thread")
+    H = len(names)
+    print(f"settings: {what}; {model.cfg.n_layers} layers × {model.cfg.n_heads} heads, d_model {model.cfg.d_model}, "
+          f"vocab {model.cfg.d_vocab}; ε={HP['epsilon']} nβ={HP['nbeta']} γ={HP['gamma']} batch {HP['batch_size']} "
+          f"× {model.cfg.n_ctx} tokens, draws {D}, {R} interleaved repetitions (median), torch {torch.__version__}, "
+          f"{args.threads} thread(s)")
     print("| figure | ours | reference | ratio | target |")
     print("|---|---|---|---|---|")
-    print(f"| SGLD draw (1 chain, all params) vs plain training step (fwd+bwd+AdamW, same batch) | "
-          f"{1e3 * med['draw1']:.1f} ms | {1e3 * med['train']:.1f} ms | {med['draw1'] / med['train']:.2f} | ≤ 1.1 |")
-    print(f"| 4 chains vmapped vs 4 chains sequential (all params, {D} draws) | {med['vmap4']:.2f} s | "
-          f"{med['seq4']:.2f} s | {med['vmap4'] / med['seq4']:.2f} | < 1 if batching pays (auto picks sequential) |")
-    print(f"| all {len(heads)} per-head estimates via estimate_llc_many vs one after another (2 chains, {D} draws) | "
-          f"{med['heads_many']:.2f} s | {med['heads_each']:.2f} s | {med['heads_many'] / med['heads_each']:.2f} | ≤ 0.5 |")
-    if "devinterp" in est:
-        (m1, s1), (m2, s2) = est["ours"], est["devinterp"]
+    print(f"| SGLD draw (1 chain, all params) vs training step (fwd+bwd+clip+AdamW, same batch) | "
+          f"{1e3 * med['draw1'] / D:.1f} ms | {1e3 * med['train'] / D:.1f} ms | {med['draw1'] / med['train']:.2f} | "
+          f"≤ 1.1 |")
+    print(f"| 4 chains vmapped vs 4 chains sequential (all params) | {med['vmap4']:.2f} s | {med['seq4']:.2f} s | "
+          f"{med['vmap4'] / med['seq4']:.2f} | < 1 if batching pays (auto: vmap only for tiny models) |")
+    for tag, paired in (("", "unpaired"), ("_paired", "paired")):
+        m, e, r = med["many" + tag], med["each" + tag], med["each_ref" + tag]
+        print(f"| all {H} per-head estimates together vs one after another ({paired}, 4 chains) | {m:.2f} s | "
+              f"{e:.2f} s | {m / e:.2f} | ≤ 0.5 |")
+        print(f"| the same vs one after another on the plain-autograd reference loop ({paired}) | {m:.2f} s | "
+              f"{r:.2f} s | {m / r:.2f} | |")
+    if have_devinterp:
+        (m1, s1), (m2, s2) = (est["ours4"].mean, est["ours4"].std), est["dev4"]
         print(f"| λ̂ full model, 4 chains × {D} draws: ours vs devinterp 1.3.2 | {m1:.2f} ± {s1:.2f} | "
               f"{m2:.2f} ± {s2:.2f} | diff {abs(m1 - m2):.2f} vs spread {max(s1, s2):.2f} | within chain spread |")
-        print(f"| wall time of that estimate: ours vs devinterp 1.3.2 | {med['ours4']:.2f} s | "
-              f"{med['devinterp4']:.2f} s | {med['devinterp4'] / med['ours4']:.2f}× faster | ≥ 3× |")
+        print(f"| wall time, full-model estimate: ours vs devinterp 1.3.2 | {med['ours4']:.2f} s | "
+              f"{med['dev4']:.2f} s | {med['dev4'] / med['ours4']:.2f}× faster | ≥ 3× |")
+        ok = sum(abs(a.mean - b[0]) <= max(a.std, b[1]) for a, b in zip(est["many"], est["dev_heads"]))
+        worst = max(abs(a.mean - b[0]) / max(a.std, b[1]) for a, b in zip(est["many"], est["dev_heads"]))
+        print(f"| λ̂ of the {H} heads: ours vs devinterp (masks), within the larger chain spread | {ok}/{H} heads | "
+              f"| worst |diff|/spread {worst:.2f} | within chain spread |")
+        print(f"| wall time, all {H} per-head estimates: ours together vs devinterp head by head | {med['many']:.2f} s | "
+              f"{med['dev_heads']:.2f} s | {med['dev_heads'] / med['many']:.2f}× faster | ≥ 3× |")
     else:
         print("| devinterp comparison | — | not installed (pip install 'rllc[bench]') | | |")
-    print(f"| peak RSS, 4-chain estimate on the paper preset (batch 32 × 1024, 2 draws, subprocess) | "
-          f"{mem['rss_gib']:.2f} GiB | 24 GiB | {mem['rss_gib'] / 24:.2f} | ≤ 1 |")
+    for kind, label in (("all", "full model, 2 draws"), ("heads", "all 16 heads at once, 1 draw")):
+        print(f"| peak RSS, 4-chain estimate on the paper preset, {label} (batch 32 × 1024, subprocess) | "
+              f"{mem[kind]['rss_gib']:.2f} GiB | 24 GiB | {mem[kind]['rss_gib'] / 24:.2f} | ≤ 1 |")
 
 
 if __name__ == "__main__":
