@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.draws:
             settings["draws"] = args.draws
         # A fresh seed per benchmark: the store must not already hold these jobs.
-        cfg = SweepConfig(SamplerConfig().replace(**settings, seed=int(time.time()) % 100_000), n_samples)
+        cfg = SweepConfig(SweepConfig().sampler.replace(**settings, seed=int(time.time()) % 100_000), n_samples)
         heads = plan_sweep(run_dir, components="heads", data="pretrain,code", steps=args.steps, config=cfg)
         full = plan_sweep(run_dir, components="all", data="pretrain", steps=args.steps, config=cfg)
         plan = Plan(cfg, heads.tasks + full.tasks, set())

@@ -15,7 +15,7 @@ DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
-develops. Start with `rllc demo` (CPU, offline, about 11 minutes on 2 cores)."""
+develops. Start with `rllc demo` (CPU, offline, about 8 minutes on 2 cores)."""
 
 
 def _ints(s: str) -> list[int]:
@@ -222,13 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rllc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole method on CPU: train, rLLC sweep, head analysis, report",
+    p = sub.add_parser("demo", help="the whole method on CPU: train, rLLC sweep, head analysis, stages, report",
                        description="Train the `cpu` preset on the built-in offline corpus (prose + Python code + "
                                    "repeated random spans) keeping checkpoints across training; estimate per-head "
                                    "rLLCs on the pre-training data and on code and the full-model LLC over "
                                    "training; analyse every head (scores, ablations, composition, head types); "
-                                   "write figures and one HTML report. About 11 minutes on 2 cores; interrupt "
-                                   "and re-run to resume.")
+                                   "find the developmental stages of the LLC and time the induction heads' "
+                                   "formation against them; write figures and one HTML report. About 8 minutes "
+                                   "on 2 cores; interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -79,7 +79,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         f"induction head {best_ind.component}: {best_ind.induction_score:.2f} (best head at step 0: "
         f"{at0['induction_score']:.2f})",
         f"stages of the full-model LLC: boundaries at steps {', '.join(f'{b:.0f}' for b in stages.boundaries) or 'none'}"
-        f"; transitions at {', '.join(f'{t:.0f}' for t in stages.transitions)}",
+        f"; transitions at {', '.join(f'{t:.0f}' for t in stages.transitions) or 'none'}",
         timing.sentence(),
         f"figures: {loss_png}, {len(curve_pngs)} LLC plots in {out / 'plots'}, head figures in {out / 'heads'}",
         f"report: {report}",

@@ -1,10 +1,11 @@
 """The LLC estimator: λ̂ = nβ (E_w[L_n(w)] − L_n(w*)) over SGLD chains localised at w* (Wang et al. 2024 eq. 2–3).
 
-One sampler loop owns the RNG, the minibatches and the chains. Chains (and, in ``estimate_llc_many``,
-components) run at once: the moving parameters are stacked to shape (Q components, C chains, ...) and
-``torch.func.grad`` of a ``functional_call`` is vmapped over both axes; frozen parameters are shared tensors.
-Weight refinement is a mask, data refinement is a different ``data``, the model-as-generator loss is a different
-``loss_fn`` — never a different loop.
+Three samplers, one estimator: the reference loop (`_run_sequential`: chains one after another, plain autograd on
+a copy of the model), the vmapped loop (`_run_batched`: the moving parameters stacked to shape (Q components,
+C chains, ...) and ``torch.func.grad`` of a ``functional_call`` vmapped over both axes, which pays for tiny
+models), and the per-head sampler (`heads.py`) for attention heads of rllc Transformers.
+In all three, weight refinement is a mask, data refinement a different ``data``, and the model-as-generator loss a
+different ``loss_fn``; `sgld_step` is the one update rule.
 """
 
 from __future__ import annotations
@@ -407,9 +408,11 @@ def estimate_llc(
         config: a ``SamplerConfig``; keyword ``overrides`` (epsilon, nbeta, gamma, chains, draws, burn_in,
             steps_per_draw, batch_size, init_batches, seed, divergence_threshold) replace its fields.
         batched: True runs all chains (and components) at once with ``torch.func.vmap``; False runs chains one
-            after another with plain autograd, differentiating only the moving parameters; "auto" (default)
-            picks vmap for small models (parameters × batch_size ≤ 2e6) and the sequential loop otherwise —
-            the faster of the two as measured in benchmarks/bench_llc.py.
+            after another with plain autograd, differentiating only the moving parameters (the reference loop);
+            "auto" (default) runs single attention heads of an rllc Transformer with the next-token or
+            soft-target loss on the per-head sampler (``rllc.llc.heads``: the same chains as the reference loop,
+            sharing the w* forward), and otherwise picks vmap for small models (parameters × batch_size ≤ 2e6)
+            and the reference loop for the rest — the fastest, as measured in benchmarks/bench_llc.py.
         device: where the sampling runs.
         progress: show a tqdm bar over draws.
 

@@ -36,9 +36,9 @@ from rllc.llc.sgld import sgld_step
 # The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
 # Components of one layer run stacked while their logits stay under this many elements (8 MiB in float32): on CPU
-# the V-sized passes (log-softmax and its backward) slow down ~1.5× once their tensors fall out of cache, so the
-# cpu preset at batch 32 (32 × 64 × 1024 logits per component) runs one component at a time, the demo's batch 8
-# four at a time.
+# the V-sized passes (softmax, and the unembedding's products) slowed ~1.5× once their tensors fell out of cache
+# (measured on the cpu preset), so at batch 32 (32 × 64 × 1024 logits per component) the components run one at a
+# time, at the demo's batch 8 four at a time.
 _MAX_LOGITS = 1 << 21
 
 
@@ -76,7 +76,7 @@ def supported(model: nn.Module, loss_fn: LossFn, source: BatchSource) -> bool:
         return False
     if source.tensors is None or source.tensors[0].dim() != 2 or source.tensors[0].is_floating_point():
         return False
-    return loss_fn is next_token_loss or isinstance(getattr(loss_fn, "reference_model", None), nn.Module)
+    return loss_fn is next_token_loss or isinstance(getattr(loss_fn, "_rllc_reference", None), nn.Module)
 
 
 @dataclass
@@ -98,7 +98,7 @@ class HeadSampler:
                  index: Sequence[int], n_components: int, cfg: SamplerConfig, device: torch.device,
                  init_loss: float) -> None:
         self.m = copy.deepcopy(model).to(device).requires_grad_(False)  # the frozen w*; the user's model is untouched
-        self.ref = getattr(loss_fn, "reference_model", None)
+        self.ref = getattr(loss_fn, "_rllc_reference", None)
         self.source, self.cfg, self.device, self.init_loss = source, cfg, device, init_loss
         self.heads, self.index, self.n_components = list(heads), list(index), n_components
         c = self.m.cfg

@@ -69,5 +69,5 @@ def soft_target_loss(reference_model: nn.Module) -> LossFn:
         logp = F.log_softmax(model(tokens)[:, :-1], dim=-1)  # (B, T-1, V)
         return -(ref_logp.exp() * logp).sum(-1).mean()
 
-    loss_fn.reference_model = reference_model  # lets the per-head sampler (heads.py) recognise this loss
+    loss_fn._rllc_reference = reference_model  # marks this loss for the per-head sampler (heads.py)
     return loss_fn
