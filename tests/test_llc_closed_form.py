@@ -177,7 +177,10 @@ def test_normal_crossing_product_matches_quadrature():
 @pytest.mark.slow
 def test_normal_crossing_products_match_quadrature_more():
     _product((1, 1))  # w1² w2²: λ = 1/2, m = 2
-    _product((1, 2), epsilon=5e-4, chains=400, burn_in=12000, draws=6000)
+    # At ε = 5e-4 the across-chain se understates run-to-run spread: seeds 0–3 with 400 chains read +5.4%, −6.4%,
+    # +3.0%, +2.0% (se 0.004 each, but s.d. across seeds 0.009; their mean +1.0%): chains that wander far along
+    # the flat axes make λ̂ heavy-tailed. 2000 chains bring that spread to ~2% of λ, below the 5% tolerance.
+    _product((1, 2), epsilon=5e-4, chains=2000, burn_in=12000, draws=6000)
 
 
 def test_normal_crossing_products_trend_toward_lambda():
