@@ -8,7 +8,7 @@ cached ones — and the layers above it, and backpropagates only that far. What 
 and the cross-entropy over the vocabulary, which every component pays in full; on CPU those V-sized passes
 dominate the cpu preset's step (vocab 1024 against d_model 64), so the saving per component is the lower layers
 and the other heads (measured in benchmarks/bench_llc.py). Components of one layer run stacked on a component
-axis while their logits stay cache-sized (`_MAX_LOGITS`), one autograd backward per stack.
+axis while their logits stay under `_MAX_LOGITS` elements, one autograd backward per stack.
 
 This is the same estimator as `estimator._run_sequential` (the reference loop), with its random streams: chain c
 draws its minibatches from the same generator, and component i, chain c its noise, coordinate for coordinate.
@@ -35,9 +35,10 @@ from rllc.llc.sgld import sgld_step
 
 # The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
-# Components of one layer run stacked while their logits stay under this many elements (8 MiB in float32): on CPU
-# the V-sized passes (softmax, and the unembedding's products) slowed ~1.5× once their tensors fell out of cache
-# (measured on the cpu preset), so at batch 32 (32 × 64 × 1024 logits per component) the components run one at a
+# Components of one layer run stacked while their logits stay under this many elements (8 MiB in float32). On CPU
+# stacking more buys nothing: with rllc's allocator setting (rllc/_alloc.py), 8 heads × 4 chains × 10 draws at batch
+# 32 took 6.09, 6.14, 6.33, 5.81 s with 2, 4, 8, 16 Mi-element chunks (median of 3; before that setting, larger
+# chunks were ~1.5× slower). So at batch 32 (32 × 64 × 1024 logits per component) the components run one at a
 # time, at the demo's batch 8 four at a time.
 _MAX_LOGITS = 1 << 21
 
