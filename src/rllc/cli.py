@@ -15,7 +15,7 @@ DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
-develops. Start with `rllc demo` (CPU, offline, about 8 minutes on 2 cores)."""
+develops. Start with `rllc demo` (CPU, offline, about 6 minutes on 2 cores)."""
 
 
 def _ints(s: str) -> list[int]:
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rLLCs on the pre-training data and on code and the full-model LLC over "
                                    "training; analyse every head (scores, ablations, composition, head types); "
                                    "find the developmental stages of the LLC and time the induction heads' "
-                                   "formation against them; write figures and one HTML report. About 8 minutes "
+                                   "formation against them; write figures and one HTML report. About 6 minutes "
                                    "on 2 cores; interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
