@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,19 @@ class SamplerConfig:
     def total_steps(self) -> int:
         """SGLD steps per chain: burn-in, then one draw every ``steps_per_draw`` steps."""
         return self.burn_in + self.draws * self.steps_per_draw
+
+    def is_draw(self, t: int) -> bool:
+        """Whether SGLD step ``t`` (0-based) records a draw: after burn-in, every ``steps_per_draw`` steps."""
+        return t >= self.burn_in and (t - self.burn_in) % self.steps_per_draw == 0
+
+    def divergence_limit(self, d_moving: int) -> float:
+        """The largest nβ(L − L(w*)) a chain moving ``d_moving`` coordinates may reach before it counts as diverged:
+        max(``divergence_threshold``, 2·d_moving); a chain at equilibrium averages nβ(L − L(w*)) ≈ λ ≤ d_moving/2."""
+        return max(self.divergence_threshold, 2.0 * d_moving)
+
+    def diverged(self, loss: float, init_loss: float, limit: float) -> bool:
+        """Whether a chain whose minibatch loss is ``loss`` has diverged: non-finite, or nβ(loss − L(w*)) > limit."""
+        return not math.isfinite(loss) or self.nbeta * (loss - init_loss) > limit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from rllc.llc.config import SamplerConfig
 from rllc.llc.diagnostics import Diagnostics, _num, diagnose
 from rllc.llc.heads import HeadSampler, head_of, supported
 from rllc.llc.losses import LossFn, next_token_loss
-from rllc.llc.sgld import sgld_step
+from rllc.llc.sgld import ChainStreams, sgld_step
 
 Masks = dict[str, torch.Tensor] | None
 
@@ -117,10 +117,6 @@ class _Run:
     star: np.ndarray | None = None  # (C, K) loss at w* on each draw's minibatch (paired differences), or None
 
 
-def _threshold(cfg: SamplerConfig, d_moving: int) -> float:
-    return max(cfg.divergence_threshold, 2.0 * d_moving)
-
-
 def _init_loss(wrapper: _LossModule, params: dict, source: BatchSource, cfg: SamplerConfig,
                gen: torch.Generator) -> float:
     """L_n(w*): the full-batch loss, or the mean over ``init_batches`` minibatches drawn from ``gen``."""
@@ -187,7 +183,7 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
     trace = torch.full((q, c, k_draws), float("nan"), dtype=torch.float64)
     alive = torch.ones(q, c, dtype=torch.bool, device=device)
     diverged_at = torch.full((q, c), -1, dtype=torch.long)
-    thresholds = torch.tensor([_threshold(cfg, d) for d in d_moving], device=device).unsqueeze(1)  # (Q, 1)
+    thresholds = torch.tensor([cfg.divergence_limit(d) for d in d_moving], device=device).unsqueeze(1)  # (Q, 1)
     bar = _progress(k_draws, progress, "SGLD")
     k = 0
     for t in range(cfg.total_steps):
@@ -200,7 +196,7 @@ def _run_batched(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_l
             alive &= ~bad
             for key in w:  # park diverged chains at w* so their NaNs/infs cost nothing downstream
                 w[key] = torch.where(bad.view(q, c, *[1] * anchor[key].dim()), anchor[key], w[key])
-        if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
+        if cfg.is_draw(t):
             trace[:, :, k] = torch.where(alive, loss, float("nan")).double().cpu()
             if paired:
                 with torch.no_grad():
@@ -242,7 +238,7 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
     """
     index = list(range(len(masks_list))) if index is None else list(index)
     n_components = len(masks_list) if n_components is None else n_components
-    seeds = np.random.SeedSequence(cfg.seed).spawn(1 + cfg.chains + n_components * cfg.chains)
+    streams = ChainStreams(cfg.seed, cfg.chains, n_components)
     runs = []
     bar = _progress(len(masks_list) * cfg.chains * cfg.draws, progress, "SGLD (sequential)")
     full = cfg.batch_size >= source.n
@@ -260,13 +256,11 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
         anchor = {n: named[n].detach().clone() for n in moving}
         for n, p in named.items():
             p.requires_grad_(n in moving)
-        thr = _threshold(cfg, d_moving)
+        thr = cfg.divergence_limit(d_moving)
         trace = np.full((cfg.chains, cfg.draws), np.nan)
         diverged_at = np.full(cfg.chains, -1)
         for ci in range(cfg.chains):
-            gen = torch.Generator().manual_seed(int(seeds[1 + ci].generate_state(1)[0]))
-            noise_gen = torch.Generator().manual_seed(
-                int(seeds[1 + cfg.chains + qi * cfg.chains + ci].generate_state(1)[0]))
+            gen, noise_gen = streams.batches(ci), streams.noise(qi, ci)
             with torch.no_grad():
                 for n in moving:
                     named[n].copy_(anchor[n])
@@ -276,10 +270,10 @@ def _run_sequential(model: nn.Module, loss_fn: LossFn, source: BatchSource, mask
                 loss = loss_fn(work, batch)
                 grads = torch.autograd.grad(loss, [named[n] for n in moving])
                 lv = float(loss.detach())
-                if not math.isfinite(lv) or cfg.nbeta * (lv - init_loss) > thr:
+                if cfg.diverged(lv, init_loss, thr):
                     diverged_at[ci] = t
                     break
-                if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0:
+                if cfg.is_draw(t):
                     trace[ci, k] = lv
                     if paired and not star_done[ci, k]:
                         with torch.no_grad():

@@ -19,7 +19,6 @@ components with the next-token or soft-target loss; anything else takes the gene
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from torch import nn
 from rllc.llc._data import BatchSource
 from rllc.llc.config import SamplerConfig
 from rllc.llc.losses import LossFn, next_token_loss
-from rllc.llc.sgld import sgld_step
+from rllc.llc.sgld import ChainStreams, sgld_step
 
 # The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
@@ -207,10 +206,9 @@ class HeadSampler:
         cfg, Q, C = self.cfg, len(self.heads), self.cfg.chains
         full = cfg.batch_size >= self.source.n
         paired = cfg.paired and not full
-        seeds = np.random.SeedSequence(cfg.seed).spawn(1 + C + self.n_components * C)  # as the reference loop
-        batch_gens = [torch.Generator().manual_seed(int(seeds[1 + c].generate_state(1)[0])) for c in range(C)]
-        noise_gens = [[torch.Generator().manual_seed(int(seeds[1 + C + qi * C + c].generate_state(1)[0]))
-                       for c in range(C)] for qi in self.index]
+        streams = ChainStreams(cfg.seed, C, self.n_components)  # the reference loop's streams
+        batch_gens = [streams.batches(c) for c in range(C)]
+        noise_gens = [[streams.noise(qi, c) for c in range(C)] for qi in self.index]
         # w[l][p]: (Q_l, C, *slice shape), the chains' current head weights, grouped by layer.
         w = {l: {p: self.anchor[l][p][[self.heads[i][1] for i in idx]].unsqueeze(1).repeat(
                  1, C, *[1] * self.anchor[l][p][0].dim()) for p in HEAD_PARAMS}
@@ -219,12 +217,12 @@ class HeadSampler:
         star = np.full((C, cfg.draws), np.nan) if paired else None
         alive = np.ones((Q, C), dtype=bool)
         diverged_at = np.full((Q, C), -1)
-        thr = max(cfg.divergence_threshold, 2.0 * self.d_moving)
+        thr = cfg.divergence_limit(self.d_moving)
         tokens = self.source.tensors[0]
         full_cache = self._anchor_pass(tokens.to(self.device), False) if full else None
         k = 0
         for t in range(cfg.total_steps):
-            record = t >= cfg.burn_in and (t - cfg.burn_in) % cfg.steps_per_draw == 0
+            record = cfg.is_draw(t)
             for c in range(C):
                 if not alive[:, c].any():
                     continue
@@ -265,7 +263,7 @@ class HeadSampler:
             values = losses.double().cpu().numpy()
             for jj, j in enumerate(js):
                 i, lv = idx[j], float(values[jj])
-                if not math.isfinite(lv) or cfg.nbeta * (lv - self.init_loss) > thr:
+                if cfg.diverged(lv, self.init_loss, thr):
                     diverged_at[i, c], alive[i, c] = t, False
                     continue
                 if k >= 0:

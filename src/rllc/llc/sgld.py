@@ -1,4 +1,5 @@
-"""The SGLD step: a short pure function of tensors, checkable by hand against the update rule.
+"""The SGLD step — a short pure function of tensors, checkable by hand against the update rule — and the random
+streams its chains draw from.
 
 Convention (devinterp's; Wang et al. 2024 eq. 2–3 and the released `llc.yaml` configs)::
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -47,3 +49,31 @@ def sgld_step(
     if mask is None:
         return moved
     return torch.where(mask, moved, params)
+
+
+class ChainStreams:
+    """The random streams of one estimate, spawned from its seed: chain c's minibatch generator, shared by every
+    component (so all components of an estimate see the same minibatches), and component q, chain c's noise
+    generator. The reference loop and the per-head sampler both draw from these, which makes them the same chains.
+
+    Args:
+        seed: the sampler's seed.
+        chains: chains per component.
+        n_components: components of the whole estimate (q runs over 0 … n_components − 1).
+    """
+
+    def __init__(self, seed: int, chains: int, n_components: int) -> None:
+        self._seeds = np.random.SeedSequence(seed).spawn(1 + chains + n_components * chains)
+        self._chains = chains
+
+    def batches(self, chain: int) -> torch.Generator:
+        """The minibatch generator of ``chain``."""
+        return _generator(self._seeds[1 + chain])
+
+    def noise(self, component: int, chain: int) -> torch.Generator:
+        """The noise generator of (``component``, ``chain``)."""
+        return _generator(self._seeds[1 + self._chains + component * self._chains + chain])
+
+
+def _generator(seed: np.random.SeedSequence) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
