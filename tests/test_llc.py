@@ -287,8 +287,8 @@ def _perturbed_transformer(n_layers=2, seed=1):
 @pytest.mark.parametrize("loss", ["next_token", "soft_target"])
 @pytest.mark.parametrize("paired", [False, True])
 def test_per_head_sampler_is_the_reference_sampler(loss, paired):
-    # The per-head sampler (cached w* forward, folded unembedding) must walk the same chains as the plain-autograd
-    # reference loop: same minibatches, same noise, same losses up to float rounding.
+    # The per-head sampler (cached w* forward, closed-form cross-entropy gradient) must walk the same chains as the
+    # plain-autograd reference loop: same minibatches, same noise, same losses up to float rounding.
     from rllc.llc import heads as head_path
     from rllc.model import ModelConfig, Transformer
 
