@@ -330,3 +330,37 @@ def test_per_head_sampler_single_layer_full_batch_and_fallbacks():
     half = model.component("0:1").masks(model)
     half["blocks.0.attn.W_Q"][1, 0] = False  # part of a head
     assert head_of(model, half) is None
+
+
+def _pinned_problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(64, generator=g)
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(X, y[:, None]).solution.T)
+    return model, X, y
+
+
+PINNED_KW = dict(loss_fn=_mse, nbeta=100.0, gamma=10.0, epsilon=1e-3, chains=2, draws=6, burn_in=1, batch_size=8,
+                 init_batches=2, seed=7, batched=False)
+
+
+def test_reference_loop_trace_is_pinned():
+    # The reference loop's loss trace for one seed, stored: a change of the update rule, the random streams or the
+    # draw schedule shows up here.
+    model, X, y = _pinned_problem()
+    res = estimate_llc(model, (X, y), **PINNED_KW)
+    pinned = [[0.00667843921110034, 0.0064505720511078835, 0.006031504366546869, 0.013342779129743576,
+               0.00500511284917593, 0.005456094164401293],
+              [0.0008053138735704124, 0.005384570918977261, 0.012591113336384296, 0.00813685916364193,
+               0.00722755491733551, 0.013236364349722862]]
+    np.testing.assert_allclose(res.loss_trace, pinned, rtol=1e-6, atol=1e-9)
+    assert res.init_loss == pytest.approx(0.004645736888051033, rel=1e-6)
+
+
+def test_progress_callable_gets_draws_done_and_total():
+    model, X, y = _pinned_problem()
+    seen = []
+    estimate_llc(model, (X, y), **{**PINNED_KW, "batched": True}, progress=lambda d, n: seen.append((d, n)))
+    assert seen and seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +128,24 @@ def _init_loss(wrapper: _LossModule, params: dict, source: BatchSource, cfg: Sam
     return float(np.mean(losses))
 
 
-def _progress(total: int, on: bool, desc: str):
+class _Callback:
+    """A progress sink with tqdm's ``update``/``close`` that reports (draws_done, draws_total) to a callable."""
+
+    def __init__(self, fn: Callable[[int, int], None], total: int) -> None:
+        self.fn, self.total, self.done = fn, total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.fn(self.done, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, on: bool | Callable[[int, int], None], desc: str):
+    """None, a tqdm bar over ``total`` draws (``on=True``), or a callback sink (``on`` callable)."""
+    if callable(on):
+        return _Callback(on, total)
     if not on:
         return None
     from tqdm.auto import tqdm
@@ -329,7 +346,7 @@ def _prefer_batched(model: nn.Module, cfg: SamplerConfig) -> bool:
 
 
 def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: LossFn | None,
-              cfg: SamplerConfig, batched: bool | str, device: str | torch.device, progress: bool) -> list[LLCResult]:
+              cfg: SamplerConfig, batched: bool | str, device: str | torch.device, progress: bool | Callable[[int, int], None]) -> list[LLCResult]:
     device = torch.device(device)
     loss_fn = next_token_loss if loss_fn is None else loss_fn
     if not callable(loss_fn):
@@ -380,7 +397,7 @@ def estimate_llc(
     config: SamplerConfig | None = None,
     batched: bool | str = "auto",
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     **overrides: Any,
 ) -> LLCResult:
     """Estimate the (refined) local learning coefficient of ``model`` at its current weights w*.
@@ -408,7 +425,8 @@ def estimate_llc(
             sharing the w* forward), and otherwise picks vmap for small models (parameters × batch_size ≤ 2e6)
             and the reference loop for the rest — the fastest, as measured in benchmarks/bench_llc.py.
         device: where the sampling runs.
-        progress: show a tqdm bar over draws.
+        progress: True shows a tqdm bar over draws; a callable is called as ``progress(draws_done, draws_total)``
+            after every recorded draw (draws summed over everything the call samples), e.g. for an ETA.
 
     Returns:
         An ``LLCResult``.
@@ -426,7 +444,7 @@ def estimate_llc_many(
     config: SamplerConfig | None = None,
     batched: bool | str = "auto",
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     **overrides: Any,
 ) -> list[LLCResult]:
     """``estimate_llc`` for several components at once, one result per component in order.
