@@ -27,10 +27,10 @@ import torch
 
 
 def _make_run(out: Path, steps: int) -> Path:
-    from rllc.train import preset, train
+    from rllc.train import preset, train_model
 
     cfgs = preset("cpu", steps=steps, checkpoints=f"every:{max(1, steps // 2)}", tokenizer_chars=400_000)
-    train(*cfgs, out, progress=False)
+    train_model(*cfgs, out, progress=False)
     return out
 
 

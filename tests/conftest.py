@@ -43,10 +43,10 @@ def tiny_configs(text: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_text, tmp_path_factory):
     """A finished 40-step run with checkpoints every 10 steps."""
-    from rllc.train import train
+    from rllc.train import train_model
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    return train(*tiny_configs(tiny_text), out, progress=False)
+    return train_model(*tiny_configs(tiny_text), out, progress=False)
 
 
 @pytest.fixture

@@ -90,11 +90,11 @@ def _fill_store(run_dir: Path, seed: int) -> None:
 @pytest.fixture(scope="module")
 def report_runs(tiny_text, tmp_path_factory) -> list[Path]:
     """Two 4-head runs (a trained one and a copy standing in for a second seed) with synthetic results."""
-    from rllc.train import train
+    from rllc.train import train_model
 
     root = tmp_path_factory.mktemp("report")
     a = root / "seed0"
-    train(*tiny_configs(tiny_text, n_heads=4, steps=30, checkpoints="every:5"), a, progress=False)
+    train_model(*tiny_configs(tiny_text, n_heads=4, steps=30, checkpoints="every:5"), a, progress=False)
     b = root / "seed1"
     shutil.copytree(a, b)
     _fill_store(a, 0)

@@ -19,8 +19,8 @@ import torch
 
 from rllc._errors import RllcError
 from rllc.sweep import (
-    ResultStore, SweepConfig, decode_trace, expand_components, load_results, plan_sweep, run_plan, run_task,
-    select_steps, split_data_specs, sweep,
+    ResultStore, SweepConfig, decode_trace, expand_components, load_results, plan_sweep, run_plan, run_sweep,
+    run_task, select_steps, split_data_specs,
 )
 
 # Tiny sampler settings: seconds per sweep.
@@ -77,7 +77,7 @@ def test_rows_equal_direct_estimates_resume_and_new_hash(run_dir):
     from rllc.llc import estimate_llc_many
 
     kw = dict(components="heads,all", data="pretrain", steps="10,40", progress=False)
-    r1 = sweep(run_dir, **kw, **FAST)
+    r1 = run_sweep(run_dir, **kw, **FAST)
     assert (r1.planned, r1.skipped, r1.computed) == (10, 0, 10)
     df = load_results(run_dir)
     assert len(df) == 10 and not df.duplicated(["step", "component", "data", "config_hash"]).any()
@@ -97,9 +97,9 @@ def test_rows_equal_direct_estimates_resume_and_new_hash(run_dir):
     np.testing.assert_allclose(decode_trace(extra["loss_trace"]), direct[0].loss_trace, rtol=1e-6)
     assert len(extra["per_chain"]) == 2 and "diagnostics" in extra
 
-    r2 = sweep(run_dir, **kw, **FAST)
+    r2 = run_sweep(run_dir, **kw, **FAST)
     assert (r2.skipped, r2.computed) == (10, 0)
-    r3 = sweep(run_dir, **kw, **(FAST | {"draws": 5}))
+    r3 = run_sweep(run_dir, **kw, **(FAST | {"draws": 5}))
     assert r3.computed == 10 and r3.config_hash != r1.config_hash
     assert len(load_results(run_dir)) == 20
     assert r1.config_hash in ResultStore(run_dir).configs()
@@ -108,8 +108,8 @@ def test_rows_equal_direct_estimates_resume_and_new_hash(run_dir):
 _SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from rllc.sweep import sweep
-r = sweep(sys.argv[1], components="heads,all", data="pretrain", steps="all", progress=False,
+from rllc.sweep import run_sweep
+r = run_sweep(sys.argv[1], components="heads,all", data="pretrain", steps="all", progress=False,
           chains=2, draws=4, batch_size=4, init_batches=1, n_samples=16)
 print("COMPUTED", r.computed, flush=True)
 """
@@ -140,7 +140,7 @@ def test_kill_9_then_rerun_gives_every_job_once(run_dir):
     proc.wait()
     at_kill = _n_rows(run_dir)
     assert 0 < at_kill < 25, f"the kill should land mid-sweep ({at_kill} rows)"
-    r = sweep(run_dir, components="heads,all", data="pretrain", progress=False, **FAST)
+    r = run_sweep(run_dir, components="heads,all", data="pretrain", progress=False, **FAST)
     assert r.computed == 25 - at_kill
     keys = _keys(run_dir)
     assert len(keys) == len(set(keys)) == 25 and set(keys) == expected
@@ -162,7 +162,7 @@ def test_two_concurrent_sweeps_share_one_store(run_dir):
 def test_pool_executor_matches_in_process(run_dir):
     plan = plan_sweep(run_dir, components="0:1,all", data="pretrain", steps="20,40", config=fast_config())
     ref = {t.step: run_task(t) for t in plan.tasks}
-    r = sweep(run_dir, components="0:1,all", data="pretrain", steps="20,40", executor="pool", workers=2,
+    r = run_sweep(run_dir, components="0:1,all", data="pretrain", steps="20,40", executor="pool", workers=2,
               progress=False, **FAST)
     assert r.computed == 4
     df = load_results(run_dir).set_index(["step", "component"])
@@ -203,12 +203,12 @@ def test_model_as_generator_data(run_dir, tmp_path):
 def test_several_runs_and_bad_names(run_dir, tmp_path):
     twin = tmp_path / "twin"
     shutil.copytree(run_dir, twin, symlinks=True, ignore=shutil.ignore_patterns("results.sqlite*"))
-    r = sweep([run_dir, twin], components="all", data="pretrain", steps="last", progress=False, **FAST)
+    r = run_sweep([run_dir, twin], components="all", data="pretrain", steps="last", progress=False, **FAST)
     assert r.computed == 2 and set(load_results([run_dir, twin]).run) == {"r", "twin"}
     with pytest.raises(RllcError):
-        sweep(run_dir, components="9:9", progress=False, **FAST)
+        run_sweep(run_dir, components="9:9", progress=False, **FAST)
     with pytest.raises(RllcError, match="step 7"):
-        sweep(run_dir, steps="7", progress=False, **FAST)
+        run_sweep(run_dir, steps="7", progress=False, **FAST)
 
 
 # ------------------------------------------------------------------------------------------------ outputs

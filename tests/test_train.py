@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rllc import RllcError, load_run
-from rllc.train import checkpoint_schedule, train
+from rllc.train import checkpoint_schedule, train_model
 from tests.conftest import tiny_configs
 
 
@@ -48,7 +48,7 @@ def test_training_beats_the_unigram_entropy(tiny_text, tmp_path):
 
     (tmp_path / "r").mkdir()
     save_tokenizer(train_tokenizer([p.read_text() for p in tiny_text.iterdir()], 300), tmp_path / "r" / "tokenizer.json")
-    run = train(model_cfg, train_cfg, tmp_path / "r", progress=False)
+    run = train_model(model_cfg, train_cfg, tmp_path / "r", progress=False)
     val = run.dataset(split="val").sample_batch(64, torch.Generator().manual_seed(0))
     counts = np.bincount(val[:, 1:].flatten().numpy(), minlength=300).astype(float)
     p = counts[counts > 0] / counts.sum()
@@ -58,11 +58,11 @@ def test_training_beats_the_unigram_entropy(tiny_text, tmp_path):
 
 def test_resume_equals_uninterrupted(tiny_text, tmp_path):
     cfgs = tiny_configs(tiny_text, steps=30)
-    full = train(*cfgs, tmp_path / "full", progress=False)
-    train(*cfgs, tmp_path / "cut", progress=False, stop_after=13)  # killed after step 13: last checkpoint 10
+    full = train_model(*cfgs, tmp_path / "full", progress=False)
+    train_model(*cfgs, tmp_path / "cut", progress=False, stop_after=13)  # killed after step 13: last checkpoint 10
     cut = load_run(tmp_path / "cut")
     assert cut.steps == [0, 10]
-    resumed = train(*cfgs, tmp_path / "cut", progress=False)
+    resumed = train_model(*cfgs, tmp_path / "cut", progress=False)
     assert resumed.steps == full.steps
     for step in full.steps:
         a, b = load_file(str(full.checkpoint_path(step))), load_file(str(resumed.checkpoint_path(step)))
@@ -73,11 +73,11 @@ def test_resume_equals_uninterrupted(tiny_text, tmp_path):
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume(tiny_text, tmp_path):
     cfgs = tiny_configs(tiny_text, steps=400, checkpoints="every:50")
-    full = train(*cfgs, tmp_path / "full", progress=False)
+    full = train_model(*cfgs, tmp_path / "full", progress=False)
     repo = Path(__file__).resolve().parents[1]
     code = (f"import sys, torch; torch.set_num_threads(1); sys.path.insert(0, {str(repo)!r});"  # same threads: bitwise
-            "from rllc.train import train; from tests.conftest import tiny_configs; from pathlib import Path;"
-            f"train(*tiny_configs(Path({str(tiny_text)!r}), steps=400, checkpoints='every:50'), "
+            "from rllc.train import train_model; from tests.conftest import tiny_configs; from pathlib import Path;"
+            f"train_model(*tiny_configs(Path({str(tiny_text)!r}), steps=400, checkpoints='every:50'), "
             f"Path({str(tmp_path / 'killed')!r}), progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code])
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -85,7 +85,7 @@ def test_kill_minus_nine_then_resume(tiny_text, tmp_path):
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    resumed = train(*cfgs, tmp_path / "killed", progress=False)
+    resumed = train_model(*cfgs, tmp_path / "killed", progress=False)
     for step in full.steps:
         a, b = load_file(str(full.checkpoint_path(step))), load_file(str(resumed.checkpoint_path(step)))
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -159,4 +159,4 @@ def test_bad_input_unknown_component_and_step(tiny_run):
 
 def test_other_config_in_existing_run_dir_is_refused(tiny_text, tiny_run):
     with pytest.raises(RllcError, match="different config"):
-        train(*tiny_configs(tiny_text, lr=0.5), tiny_run.path, progress=False)
+        train_model(*tiny_configs(tiny_text, lr=0.5), tiny_run.path, progress=False)

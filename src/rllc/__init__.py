@@ -1,7 +1,7 @@
 """rllc: refined local learning coefficients for developmental interpretability.
 
-`rllc.train`, `rllc.sweep` are functions (the packages of the same names stay importable with `from rllc.train
-import ...`). Three lines from a notebook:
+Every subpackage name is the subpackage (`rllc.train`, `rllc.sweep`, ...); the functions that train and sweep are
+`rllc.train_model` and `rllc.run_sweep`. Three lines from a notebook:
     import rllc
     run = rllc.load_run("runs/demo")
     print(rllc.estimate_llc(run.model_at(run.steps[-1]), run.sample_tokens(), component="1:0").mean)
@@ -16,12 +16,12 @@ keep_freed_memory()  # reuse freed tensor memory: a third of a CPU step was page
 from rllc._errors import RllcError  # noqa: E402
 from rllc.llc import LLCResult, SamplerConfig, calibrate, estimate_llc, estimate_llc_many  # noqa: E402
 from rllc.model import Component, ModelConfig, Transformer, heads, resolve_masks  # noqa: E402
-from rllc.sweep import export_results, load_results, sweep  # noqa: E402
+from rllc.sweep import export_results, load_results, run_sweep  # noqa: E402
 from rllc.report.html import write_report  # noqa: E402
-from rllc.train import Run, TrainConfig, checkpoint_schedule, load_run, preset, train  # noqa: E402
+from rllc.train import Run, TrainConfig, checkpoint_schedule, load_run, preset, train_model  # noqa: E402
 
 __all__ = [
     "Component", "LLCResult", "ModelConfig", "RllcError", "Run", "SamplerConfig", "TrainConfig", "Transformer",
     "__version__", "calibrate", "checkpoint_schedule", "estimate_llc", "estimate_llc_many", "heads", "keep_freed_memory",
-    "export_results", "load_results", "load_run", "preset", "resolve_masks", "sweep", "train", "write_report",
+    "export_results", "load_results", "load_run", "preset", "resolve_masks", "run_sweep", "train_model", "write_report",
 ]

@@ -52,13 +52,13 @@ def _preset_configs(args: argparse.Namespace, seed: int | None):  # noqa: ANN202
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from rllc.train import train
+    from rllc.train import train_model
 
     seeds = args.seeds or [args.seed]
     for seed in seeds:
         out = Path(args.out) if len(seeds) == 1 else Path(f"{args.out}-seed{seed}")
         model_cfg, train_cfg = _preset_configs(args, seed)
-        run = train(model_cfg, train_cfg, out, device=args.device, progress=not args.quiet)
+        run = train_model(model_cfg, train_cfg, out, device=args.device, progress=not args.quiet)
         print(f"{out}: {len(run.steps)} checkpoints, last step {run.steps[-1]}, "
               f"val loss {run.metadata(run.steps[-1])['val_loss']:.3f}")
 
@@ -165,9 +165,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from rllc.sweep import sweep
+    from rllc.sweep import run_sweep
 
-    result = sweep(args.run_dirs, components=args.components, data=args.data, steps=args.steps,
+    result = run_sweep(args.run_dirs, components=args.components, data=args.data, steps=args.steps,
                    n_samples=args.n_samples, executor=args.executor, address=args.address, workers=args.workers,
                    progress=not args.quiet, **_sampler_overrides(args))
     print(result)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rllc.train import preset, train
+from rllc.train import preset, train_model
 
 
 @dataclass
@@ -57,7 +57,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         say(f"[demo] {name}: {timings[name]:.0f} s")
         return result
 
-    run = timed("train", lambda: train(*preset("cpu", steps=steps, seed=seed), out, progress=progress))
+    run = timed("train", lambda: train_model(*preset("cpu", steps=steps, seed=seed), out, progress=progress))
     loss_png = plot_loss_curve(run, out / "loss_curve.png")
     sweep = timed("sweep", lambda: demo_sweep(out, progress=progress))
     curve_pngs = timed("plots", lambda: plot_sweep(out))

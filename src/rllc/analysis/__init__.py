@@ -32,7 +32,7 @@ from rllc.analysis.scores import (
     previous_token_scores,
     repeated_random_tokens,
 )
-from rllc.analysis.tokens_in_context import (
+from rllc.analysis.token_contexts import (
     CLASSES,
     BracketVocab,
     TokensInContextConfig,

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from rllc.analysis.ablation import ablated_per_token_loss, head_z_means, per_token_loss
-from rllc.analysis.tokens_in_context import BracketVocab, TokensInContextConfig, tokens_in_context
+from rllc.analysis.token_contexts import BracketVocab, TokensInContextConfig, tokens_in_context
 from rllc.data.synthetic import Pattern, SyntheticConfig, generate
 from rllc.model.transformer import Transformer
 

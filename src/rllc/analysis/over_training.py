@@ -43,7 +43,7 @@ from rllc.analysis.scores import (
     prefix_matching_scores,
     text_part,
 )
-from rllc.analysis.tokens_in_context import (
+from rllc.analysis.token_contexts import (
     CLASSES,
     BracketVocab,
     TokensInContextConfig,

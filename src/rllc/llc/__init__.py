@@ -1,6 +1,6 @@
 """Local learning coefficient estimation: SGLD sampler, refined (weight/data) LLCs, diagnostics, calibration."""
 
-from rllc.llc.calibrate import CalibrationResult, calibrate, plot_calibration
+from rllc.llc.calibration import CalibrationResult, calibrate, plot_calibration
 from rllc.llc.config import SamplerConfig
 from rllc.llc.diagnostics import Diagnostics
 from rllc.llc.estimator import LLCResult, estimate_llc, estimate_llc_many

@@ -230,7 +230,7 @@ def plan_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | 
 
     Args:
         run_dir: a run directory or several (e.g. the seeds of `rllc train --seeds`); each keeps its own store.
-        components, data, steps: see `sweep`.
+        components, data, steps: see `run_sweep`.
         config: the SweepConfig (sampler and data sampling).
 
     Returns:
@@ -435,11 +435,11 @@ def run_plan(plan: Plan, executor=None, *, progress: bool = True,  # noqa: ANN00
                        summary_table(run_dirs, chash))
 
 
-def sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | Sequence[str] = "heads,all",
-          data: str | Sequence[str] = "pretrain", steps: str | Sequence[int] | None = "all",
-          config: SamplerConfig | None = None, n_samples: int = 2048, sample_seed: int = 0, split: str = "train",
-          executor: str | Any = "inprocess", address: str | None = None, workers: int | None = None,
-          batch_components: bool = True, progress: bool = True, **overrides: Any) -> SweepResult:
+def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | Sequence[str] = "heads,all",
+              data: str | Sequence[str] = "pretrain", steps: str | Sequence[int] | None = "all",
+              config: SamplerConfig | None = None, n_samples: int = 2048, sample_seed: int = 0, split: str = "train",
+              executor: str | Any = "inprocess", address: str | None = None, workers: int | None = None,
+              batch_components: bool = True, progress: bool = True, **overrides: Any) -> SweepResult:
     """Estimate an LLC for every checkpoint × component × data set and store it in each run's results store.
 
     Re-running computes only what is missing; changing any setting makes new rows (a new config hash).

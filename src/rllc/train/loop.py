@@ -121,7 +121,7 @@ def _evaluate(model: Transformer, val, cfg: TrainConfig, device: str) -> float:
     return sum(losses) / len(losses)
 
 
-def train(
+def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     out: str | Path,
