@@ -58,6 +58,21 @@ class BatchSource:
         if self.n < 1:
             raise RllcError("data holds no samples; pass at least one")
 
+    @property
+    def key(self) -> str:
+        """The data set's identity for the random streams: a digest of the tensors' shapes, dtypes and contents,
+        or the dataset's type and size (a Dataset is not read to key it)."""
+        import hashlib
+
+        if self.tensors is None:
+            return f"dataset:{type(self.dataset).__qualname__}:{self.n}"
+        h = hashlib.sha256()
+        for t in self.tensors:
+            c = t.detach().cpu().contiguous()
+            h.update(f"{tuple(c.shape)}{c.dtype}".encode())
+            h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+        return "tensors:" + h.hexdigest()[:16]
+
     def _take(self, idx: torch.Tensor) -> Any:
         """The samples at ``idx`` (any shape S), as a batch whose tensors have leading dims S."""
         if self.tensors is not None:

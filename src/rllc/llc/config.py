@@ -14,7 +14,7 @@ from rllc._errors import RllcError
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """SGLD hyperparameters for one LLC estimate.
+    """Sampler hyperparameters for one LLC estimate.
 
     Defaults are the paper's: every rLLC figure in Wang et al. (2024) uses the same sampler, released as
     ``figures/*/llc.yaml`` in github.com/timaeus-research/paper-rllcs-2024 (ε 0.001, nβ 30, γ 200, 4 chains,
@@ -41,8 +41,30 @@ class SamplerConfig:
     # 16-batch L_n(w*) that every chain shares. Costs one extra forward per draw, shared by all components of an
     # `estimate_llc_many` call; sweeps turn it on. False (default) is the paper's and devinterp's estimator.
     paired: bool = False
+    # The kernel (`rllc.llc.kernels`): "sgld" (the paper's) or "rmsprop_sgld" (Hitchcock & Hoogland 2025), and its
+    # own settings as (name, value) pairs — e.g. (("alpha", 0.99), ("eps", 0.1)) — completed from the kernel's
+    # defaults, so the hash records every value the kernel used. A dict is accepted and stored sorted.
+    sampler: str = "sgld"
+    sampler_settings: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        from rllc.llc.kernels import get_kernel
+
+        kernel = get_kernel(self.sampler) if isinstance(self.sampler, str) else None
+        if kernel is None:
+            raise RllcError(f"sampler config: sampler must be a kernel name, got {self.sampler!r}")
+        given = dict(self.sampler_settings.items() if isinstance(self.sampler_settings, dict)
+                     else self.sampler_settings)
+        unknown = set(given) - set(kernel.DEFAULTS)
+        if unknown:
+            known = ", ".join(sorted(kernel.DEFAULTS)) or "none"
+            raise RllcError(f"sampler {self.sampler!r} has no setting(s) {sorted(unknown)}; its settings: {known}")
+        merged = {k: float(given.get(k, v)) for k, v in kernel.DEFAULTS.items()}
+        try:
+            kernel.hyper(1.0, 1.0, 1.0, merged)
+        except ValueError as e:
+            raise RllcError(f"sampler {self.sampler!r}: {e}") from None
+        object.__setattr__(self, "sampler_settings", tuple(sorted(merged.items())))
         for f in ("epsilon", "nbeta", "gamma", "divergence_threshold"):  # 30 and 30.0 must hash alike
             v = getattr(self, f)
             if isinstance(v, int) and not isinstance(v, bool):
@@ -80,11 +102,20 @@ class SamplerConfig:
         """Whether a chain whose minibatch loss is ``loss`` has diverged: non-finite, or nβ(loss − L(w*)) > limit."""
         return not math.isfinite(loss) or self.nbeta * (loss - init_loss) > limit
 
+    def settings(self) -> dict[str, float]:
+        """The kernel's own settings, name → value (complete: defaults filled in)."""
+        return dict(self.sampler_settings)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["sampler_settings"] = self.settings()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplerConfig:
+        d = dict(d)
+        if isinstance(d.get("sampler_settings"), dict):
+            d["sampler_settings"] = tuple(sorted(d["sampler_settings"].items()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -96,10 +127,15 @@ class SamplerConfig:
         unknown = set(changes) - known
         if unknown:
             raise RllcError(f"unknown sampler setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "sampler" in changes and "sampler_settings" not in changes and changes["sampler"] != self.sampler:
+            changes["sampler_settings"] = ()  # another kernel: its own defaults
         return dataclasses.replace(self, **changes)
 
     def config_hash(self) -> str:
-        """A stable 12-hex-digit key: sha256 of the sorted-key JSON of ``to_dict()`` (floats as floats)."""
+        """A stable 12-hex-digit key: sha256 of the sorted-key JSON of ``to_dict()`` (floats as floats). The kernel
+        fields are left out for plain SGLD, so configs written before kernels existed keep their keys."""
         d = {k: (float(v) if isinstance(v, float) else v) for k, v in self.to_dict().items()}
+        if d["sampler"] == "sgld" and not d["sampler_settings"]:
+            del d["sampler"], d["sampler_settings"]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

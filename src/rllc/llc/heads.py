@@ -10,10 +10,10 @@ dominate the cpu preset's step (vocab 1024 against d_model 64), so the saving pe
 and the other heads (measured in benchmarks/bench_llc.py). Components of one layer run stacked on a component
 axis while their logits stay under `_MAX_LOGITS` elements, one autograd backward per stack.
 
-This is the same estimator as `estimator._run_sequential` (the reference loop), with its random streams: chain c
-draws its minibatches from the same generator, and component i, chain c its noise, coordinate for coordinate.
-The two agree up to float rounding (tests check it). Used by `estimate_llc`/`estimate_llc_many` for head
-components with the next-token or soft-target loss; anything else takes the general path.
+It is a gradient strategy on the one chain driver (`driver.py`): the driver hands it the heads' flat positions
+(the heads' ``Layout``) and the chains' minibatch indices and steps the kernel, so it walks the same chains as
+the plain-autograd reference strategy, coordinate for coordinate; the two agree up to float rounding (tests check
+it). Used by `estimate_llc`/`estimate_llc_many` for head components with the next-token or soft-target loss.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rllc.llc._data import BatchSource
-from rllc.llc.config import SamplerConfig
 from rllc.llc.losses import LossFn, next_token_loss
-from rllc.llc.sgld import ChainStreams, sgld_step
 
 # The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
@@ -91,22 +89,23 @@ class _Cache:
     targets: torch.Tensor  # (B, T-1) next tokens, or (B, T-1, V) reference probabilities
 
 
-class HeadSampler:
-    """Run SGLD chains for head components (see the module docstring). One instance per estimate."""
+class HeadStrategy:
+    """The per-head gradient strategy (see the module docstring) for a list of (layer, head) components."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, source: BatchSource, heads: Sequence[tuple[int, int]],
-                 index: Sequence[int], n_components: int, cfg: SamplerConfig, device: torch.device,
-                 init_loss: float) -> None:
+                 device: torch.device) -> None:
         self.m = copy.deepcopy(model).to(device).requires_grad_(False)  # the frozen w*; the user's model is untouched
         self.ref = getattr(loss_fn, "_rllc_reference", None)
-        self.source, self.cfg, self.device, self.init_loss = source, cfg, device, init_loss
-        self.heads, self.index, self.n_components = list(heads), list(index), n_components
+        self.source, self.device = source, device
+        self.heads = list(heads)
         c = self.m.cfg
         self.L, self.V = c.n_layers, c.d_vocab
         self.anchor = [{p: getattr(b.attn, p).detach() for p in HEAD_PARAMS} for b in self.m.blocks]
         self.d_moving = 4 * c.d_model * c.d_head + 3 * c.d_head  # W_Q, W_K, W_V, W_O and three biases
         # Components grouped by layer: positions into self.heads.
         self.by_layer = {l: [i for i, (ll, _) in enumerate(self.heads) if ll == l] for l in range(self.L)}
+        self.by_layer = {l: idx for l, idx in self.by_layer.items() if idx}
+        self.full_cache: _Cache | None = None  # full batch (batch_size >= n): one w* forward serves every step
 
     # --------------------------------------------------------------------------------------------- forward at w*
 
@@ -199,78 +198,50 @@ class HeadSampler:
             r = blk(r, pos)
         return m.ln_final(r[:, :-1])  # the last position predicts nothing
 
-    # ----------------------------------------------------------------------------------------------- the loop
+    # ------------------------------------------------------------------------------------------- the strategy
 
-    def run(self, progress_bar) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # noqa: ANN001
-        """Sample. Returns trace (Q, C, draws), diverged_at (Q, C) and the paired star losses (C, draws) or None."""
-        cfg, Q, C = self.cfg, len(self.heads), self.cfg.chains
-        full = cfg.batch_size >= self.source.n
-        paired = cfg.paired and not full
-        streams = ChainStreams(cfg.seed, C, self.n_components)  # the reference loop's streams
-        batch_gens = [streams.batches(c) for c in range(C)]
-        noise_gens = [[streams.noise(qi, c) for c in range(C)] for qi in self.index]
-        # w[l][p]: (Q_l, C, *slice shape), the chains' current head weights, grouped by layer.
-        w = {l: {p: self.anchor[l][p][[self.heads[i][1] for i in idx]].unsqueeze(1).repeat(
-                 1, C, *[1] * self.anchor[l][p][0].dim()) for p in HEAD_PARAMS}
-             for l, idx in self.by_layer.items() if idx}
-        trace = np.full((Q, C, cfg.draws), np.nan)
-        star = np.full((C, cfg.draws), np.nan) if paired else None
-        alive = np.ones((Q, C), dtype=bool)
-        diverged_at = np.full((Q, C), -1)
-        thr = cfg.divergence_limit(self.d_moving)
-        tokens = self.source.tensors[0]
-        full_cache = self._anchor_pass(tokens.to(self.device), False) if full else None
-        k = 0
-        for t in range(cfg.total_steps):
-            record = cfg.is_draw(t)
-            for c in range(C):
-                if not alive[:, c].any():
-                    continue
-                if full_cache is not None:
-                    cache = full_cache
-                else:
-                    batch = self.source.draw(batch_gens[c], (cfg.batch_size,))
-                    cache = self._anchor_pass(batch if isinstance(batch, torch.Tensor) else batch[0], paired)
-                if record and paired:
-                    star[c, k] = cache.loss
-                for l, idx in self.by_layer.items():
-                    if idx:
-                        self._step_layer(l, idx, w[l], c, t, k if record else -1, cache, trace, alive,
-                                         diverged_at, noise_gens, thr)
-            if record:
-                k += 1
-                if progress_bar is not None:
-                    progress_bar.update(1)
-            if not alive.any():
-                break
-        return trace, diverged_at, star
+    def _split(self, flat: torch.Tensor, l: int) -> dict[str, torch.Tensor]:
+        """A head's flat position (d,) (its ``Layout``: HEAD_PARAMS order, row-major) as the seven slices."""
+        out, off = {}, 0
+        for p in HEAD_PARAMS:
+            shape = self.anchor[l][p].shape[1:]
+            n = int(np.prod(shape))
+            out[p] = flat[off:off + n].view(shape)
+            off += n
+        return out
 
-    def _step_layer(self, l: int, idx: list[int], wl: dict[str, torch.Tensor], c: int, t: int, k: int,
-                    cache: _Cache, trace: np.ndarray, alive: np.ndarray, diverged_at: np.ndarray,
-                    noise_gens: list[list[torch.Generator]], thr: float) -> None:
-        """One SGLD step of chain c for the live components of layer l (in chunks that fit `_MAX_LOGITS`)."""
-        cfg = self.cfg
-        live = [j for j, i in enumerate(idx) if alive[i, c]]
-        B, T = cache.resid[0].shape[:2]
-        chunk = max(1, _MAX_LOGITS // (B * T * self.V))
-        for s in range(0, len(live), chunk):
-            js = live[s:s + chunk]
-            heads = [self.heads[idx[j]][1] for j in js]
-            theta = {p: wl[p][js, c].clone().requires_grad_() for p in HEAD_PARAMS}
-            h = self._final(l, heads, theta, cache)
-            losses, dh = self._cross_entropy(h, cache.targets, len(js), grad=True)  # (q,)
-            grads = torch.autograd.grad(h, [theta[p] for p in HEAD_PARAMS], grad_outputs=dh)
-            values = losses.double().cpu().numpy()
-            for jj, j in enumerate(js):
-                i, lv = idx[j], float(values[jj])
-                if cfg.diverged(lv, self.init_loss, thr):
-                    diverged_at[i, c], alive[i, c] = t, False
-                    continue
-                if k >= 0:
-                    trace[i, c, k] = lv
-                gen = noise_gens[i][c]
-                for p, g in zip(HEAD_PARAMS, grads):
-                    x = theta[p][jj].detach()
-                    noise = torch.randn(x.numel(), generator=gen, dtype=x.dtype).view_as(x).to(self.device)
-                    anchor = self.anchor[l][p][self.heads[i][1]]
-                    wl[p][j, c] = sgld_step(x, g[jj], noise, anchor, None, cfg.epsilon, cfg.nbeta, cfg.gamma)
+    def loss_and_grad(self, positions: list[torch.Tensor], idx: torch.Tensor | None, alive: np.ndarray,
+                      star: bool) -> tuple[np.ndarray, list[torch.Tensor], np.ndarray | None]:
+        """Losses (Q, C), gradients (C, d) per head and, if ``star``, the loss at w* (C,) on each chain's minibatch."""
+        Q, C = alive.shape
+        losses = np.full((Q, C), np.nan)
+        grads = [torch.zeros_like(p) for p in positions]
+        star_losses = np.full(C, np.nan) if star else None
+        for c in range(C):
+            if not alive[:, c].any():
+                continue
+            if idx is None:
+                if self.full_cache is None:
+                    self.full_cache = self._anchor_pass(self.source.tensors[0].to(self.device), False)
+                cache = self.full_cache
+            else:
+                batch = self.source._take(idx[c])
+                cache = self._anchor_pass(batch if isinstance(batch, torch.Tensor) else batch[0], star)
+            if star:
+                star_losses[c] = cache.loss
+            for l, comps in self.by_layer.items():
+                live = [i for i in comps if alive[i, c]]
+                B, T = cache.resid[0].shape[:2]
+                chunk = max(1, _MAX_LOGITS // (B * T * self.V))
+                for s in range(0, len(live), chunk):
+                    js = live[s:s + chunk]
+                    parts = [self._split(positions[i][c], l) for i in js]
+                    theta = {p: torch.stack([pt[p] for pt in parts]).requires_grad_() for p in HEAD_PARAMS}
+                    h = self._final(l, [self.heads[i][1] for i in js], theta, cache)
+                    ls, dh = self._cross_entropy(h, cache.targets, len(js), grad=True)  # (q,)
+                    g = torch.autograd.grad(h, [theta[p] for p in HEAD_PARAMS], grad_outputs=dh)
+                    values = ls.double().cpu().numpy()
+                    for jj, i in enumerate(js):
+                        losses[i, c] = float(values[jj])
+                        grads[i][c] = torch.cat([gp[jj].reshape(-1) for gp in g])
+        return losses, grads, star_losses
