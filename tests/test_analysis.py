@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -177,11 +178,36 @@ def test_classifier_labels_hand_made_tokens_in_context():
 
 
 def test_bracket_vocab_handles_split_tokens_and_quotes():
-    strings = ["x", "(", ")", "([", "),", '"', "]", " foo"]
+    strings = ["x", "(", ")", "([", "),", '"', "]", "foo"]
     b = BracketVocab.from_strings(strings)
     # "([" opens two; "]" closes the inner; ")," closes the outer: split constructions
     assert dyck_openers([3, 0, 6, 4], b) == [-1, 0, 0, -1]
     assert dyck_openers([5, 7, 5], b) == [-1, 0, -1]  # a quote closes an open quote
+
+
+def test_apostrophes_inside_words_are_not_quotes():
+    # Byte-level BPE pieces of "He said it's John's book, 'yes' she said" and code 'a'.
+    strings = ["He", " said", " it", "'s", " John", " book", ",", " '", "yes", "'", " she", "x", " =", "a", ")", "John"]
+    b = BracketVocab.from_strings(strings)
+    # it 's ... John 's: the second 's is no "Dyck closing" of the first (the old symmetric quotes paired them)
+    seq = [0, 1, 2, 3, 4, 3, 5]
+    assert dyck_openers(seq, b) == [-1] * len(seq)
+    labels, _ = classify_tokens_in_context([seq], [4], [3], b)
+    assert labels == ["unexplained"]
+    # a real quotation: space before the opening mark, a word before the closing one
+    seq = [0, 1, 7, 8, 9, 10]
+    assert dyck_openers(seq, b)[3] == 2
+    # a stray apostrophe (contraction) inside a quotation does not close it
+    seq = [7, 15, 3, 5, 9]  # 'John's book'
+    assert dyck_openers(seq, b)[1] == -1 and dyck_openers(seq, b)[3] == 0
+
+
+def test_quote_role_from_neighbours():
+    from rllc.analysis.tokens_in_context import quote_role
+
+    assert quote_role(" ", "y") == "open" and quote_role("", "y") == "open" and quote_role("(", "a") == "open"
+    assert quote_role("s", " ") == "close" and quote_role("s", ",") == "close" and quote_role("a", "") == "close"
+    assert quote_role("t", "s") is None and quote_role(" ", " ") is None  # it's; a lone mark
 
 
 def test_tokens_in_context_of_wired_induction_head(wired):
@@ -260,3 +286,25 @@ def test_head_types_agree_with_synthetic_ground_truth(families, steps, expected)
     print(f"{families}: label agreement {agreement:.2f} over {len(rows)} heads; tokens-in-context {tic_agreement:.2f}")
     assert len(rows) >= 2 and agreement >= 0.75, rows
     assert tic_agreement >= 0.75
+
+
+def test_every_head_gets_a_type_or_a_stated_reason():
+    scores = pd.DataFrame({"component": ["0:0", "0:1", "1:0", "1:1", "1:2"],
+                           "prev_token_score": [0.9, 0.1, 0.1, 0.1, 0.1], "current_token_score": [0.1] * 5,
+                           "induction_score": [0.0, 0.1, 0.1, 0.1, 0.1]})
+    # 0:1 explains 20% by Dyck, 25% by n-grams: below the old 30% bar, but Dyck is 3× the heads' mean share while
+    # n-grams are at it, so in the relative sense (App. B.1) it is a Dyck head. 1:0 is dead; 1:1 explains 2 of 100.
+    tic = pd.DataFrame({"component": ["0:0", "0:1", "1:0", "1:1", "1:2"], "n": [100] * 5,
+                        "frac_induction": [0.0] * 5, "frac_dyck": [0.05, 0.2, 0.0, 0.0, 0.05],
+                        "frac_skip_ngram": [0.1, 0.1, 0.1, 0.0, 0.1], "frac_ngram": [0.3, 0.25, 0.3, 0.02, 0.35],
+                        "frac_unexplained": [0.55, 0.45, 0.6, 0.98, 0.5], "unique_multigrams": [5, 6, 7, 1, 9],
+                        "max_loss_increase": [1.0, 0.5, 1e-5, 0.3, 0.4]})
+    labels = label_heads(scores, tic).set_index("component")
+    assert labels.loc["0:0", "label"] == "previous-token"
+    assert labels.loc["0:1", "label"] == "dyck" and labels.loc["0:1", "family"] == "multigram"
+    assert labels.loc["0:1", "confidence"] == pytest.approx(0.2)
+    assert labels.loc["1:2", "label"] == "n-gram"
+    assert labels.loc["1:0", "label"] == "unlabelled" and "dead head" in labels.loc["1:0", "evidence"]
+    assert labels.loc["1:1", "label"] == "unlabelled" and "too few tokens in context" in labels.loc["1:1", "evidence"]
+    no_tic = label_heads(scores).set_index("component")
+    assert "no tokens in context computed" in no_tic.loc["0:1", "evidence"]

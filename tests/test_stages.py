@@ -147,3 +147,53 @@ def test_formation_timing_against_stages():
     assert "induction score rises most steeply at step" in t.sentence()
     with pytest.raises(RllcError):
         formation_timing(stages, pd.DataFrame(rows[:4]))
+
+
+def _sig(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_plateaus_between_rises_are_boundaries(noise, sign):
+    # Rises centred at x = 2, 5 and 8.5 (ln step): flat plateaus around x = 3.5 and 6.75 where the slope falls to
+    # ~0 without changing sign. The old extremes-only rule found no boundary at all on this curve.
+    rng = np.random.default_rng(3)
+    y = sign * (_sig((X - 2) / 0.25) + 2 * _sig((X - 5) / 0.25) + 1.5 * _sig((X - 8.5) / 0.25))
+    y = y + rng.normal(0, noise, len(X))
+    cfg = StageConfig(bandwidth=0.3)
+    s = detect_stages(STEPS, y, cfg)
+    got = [math.log1p(c.step) for c in s.critical_points]
+    assert [c.kind for c in s.critical_points] == ["plateau", "plateau"]
+    assert abs(got[0] - 3.5) < cfg.bandwidth and abs(got[1] - 6.75) < cfg.bandwidth
+    assert list(s.table().llc_trend) == ["rising"] * 3 if sign > 0 else ["falling"] * 3
+    # Off: extremes only, no boundary on a monotone curve.
+    assert detect_stages(STEPS, y, StageConfig(bandwidth=0.3, plateau=0)).critical_points == ()
+
+
+def test_a_slowing_rise_is_no_plateau():
+    # The slope halves between two rises but never nears zero: one monotone stage.
+    y = X + 0.5 * np.sin(X)  # slope 1 + 0.5 cos x in [0.5, 1.5]
+    assert detect_stages(STEPS, y, StageConfig(bandwidth=0.3)).critical_points == ()
+
+
+def test_invalid_and_negative_estimates_are_listed_and_handled():
+    steps = STEPS[::4]
+    y = _curve(0.0)[::4] + 1.0
+    rows = [dict(run="r", step=s, component="all", data="pretrain", measure="llc", value=float(v), std=0.1,
+                 valid=True, config_hash="h", extra={"per_chain": [float(v)] * 4}) for s, v in zip(steps, y)]
+    rows[3]["value"], rows[3]["valid"] = -0.5, False  # negative: kept by default
+    rows[5]["extra"] = {"per_chain": [1.0, None, 1.0, 1.0]}  # a chain diverged: left out
+    rows[5]["valid"] = False
+    rows[7]["value"] = None  # no estimate
+    df = pd.DataFrame(rows)
+    s = curve_stages(df, config=StageConfig(bandwidth=0.3))
+    assert s.negative == (int(steps[3]),)
+    assert s.excluded == tuple(sorted([(int(steps[5]), "a chain diverged"), (int(steps[7]), "no finite estimate")]))
+    line = s.handling()
+    assert "1 negative estimate(s) kept" in line and "a chain diverged: steps" in line
+    dropped = curve_stages(df, config=StageConfig(bandwidth=0.3), negative="drop")
+    assert (int(steps[3]), "negative estimate") in dropped.excluded
+    assert s.value_at(steps[3]) < dropped.value_at(steps[3]) - 0.1  # the kept negative value pulls the curve down
+    with pytest.raises(RllcError):
+        curve_stages(df, negative="clip")

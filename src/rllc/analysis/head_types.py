@@ -27,60 +27,82 @@ _TIC_TO_TYPE = {"induction": "induction", "dyck": "dyck", "skip_ngram": "skip-n-
 
 @dataclass(frozen=True)
 class HeadTypeThresholds:
-    """Evidence needed for each label: attention scores in [0, 1] and shares of tokens in context."""
+    """Evidence needed for each label: attention scores in [0, 1], and when a head is too weak to type at all."""
 
     prev_token: float = 0.3  # uniform attention over 64 positions gives ~0.07
     current_token: float = 0.3
     induction: float = 0.3
-    tic_share: float = 0.3  # a multigram (or induction) class must explain this share of the tokens in context
+    dead: float = 1e-3  # nats: a head whose mean ablation raises no token's loss by more than this is dead
+    min_explained: int = 5  # fewer explained tokens in context than this: too few to type the head
 
 
 def label_heads(scores: pd.DataFrame, tic_summary: pd.DataFrame | None = None,
                 thresholds: HeadTypeThresholds = HeadTypeThresholds()) -> pd.DataFrame:
-    """Label every head from its scores (and tokens-in-context classes when given).
+    """Give every head a type (the paper's taxonomy, Appendix B.1), or "unlabelled" with the reason.
 
-    Each label whose evidence passes its threshold is a candidate, with strength evidence / threshold. As in the
-    paper, attention scores decide first (the strongest of previous-token, current-token, induction wins);
-    only a head with none of them is labelled from its tokens in context (induction, dyck, skip-n-gram or n-gram,
-    the class with the largest share). Confidence is the winning evidence itself (an attention fraction or a
-    share of tokens in context, in [0, 1]).
+    Attention scores decide first: of previous-token, current-token and induction, each whose score passes its
+    threshold is a candidate and the strongest (score / threshold) wins. Any other head is typed from its tokens in
+    context, by the pattern that explains the most *in a relative sense*: its share of the head's tokens in
+    context divided by that pattern's mean share over all heads in `tic_summary` (so a pattern common to every head,
+    such as n-grams, does not swamp a rarer one the head is unusually rich in). Induction found this way is
+    "induction"; Dyck, skip n-gram and n-gram are the multigram subtypes. A head is "unlabelled" only when it is
+    dead (mean ablation raises no token's loss by more than `thresholds.dead`), when fewer than
+    `thresholds.min_explained` of its tokens in context are explained, or when no tokens in context were computed;
+    the evidence column says which.
 
     Args:
         scores: one row per head with component, prev_token_score, current_token_score, induction_score
             (`head_score_table`; extra columns are kept).
-        tic_summary: `tokens_in_context_summary` rows (component, frac_*, tic_class), optional.
+        tic_summary: `tokens_in_context_summary` rows (component, n, frac_*, max_loss_increase), optional.
     Returns:
         `scores` plus columns label (one of HEAD_TYPES), family ("multigram" for dyck/skip-n-gram/n-gram, else
-        the label), confidence, evidence (a readable string of every candidate).
+        the label), confidence (the winning score, or the winning pattern's share of tokens in context),
+        evidence (a readable string: every passing score, or the shares and relative shares, or the reason).
     """
-    tic = tic_summary.set_index("component") if tic_summary is not None else None
+    tic = tic_summary.set_index("component") if tic_summary is not None and len(tic_summary) else None
+    classes = list(_TIC_TO_TYPE)
+    mean_share = {c: float(tic[f"frac_{c}"].mean()) for c in classes} if tic is not None else {}
     out = []
     for _, r in scores.iterrows():
-        cands: list[tuple[str, float, float, str, bool]] = []  # (label, strength, confidence, evidence, by score)
+        cands = []
         for label, col, thr in (("previous-token", "prev_token_score", thresholds.prev_token),
                                 ("current-token", "current_token_score", thresholds.current_token),
                                 ("induction", "induction_score", thresholds.induction)):
             v = float(r[col])
             if v >= thr:
-                cands.append((label, v / thr, v, f"{col} {v:.2f} >= {thr:g}", True))
-        if tic is not None and r.component in tic.index:
-            t = tic.loc[r.component]
-            for cls, label in _TIC_TO_TYPE.items():
-                share = float(t[f"frac_{cls}"])
-                if share >= thresholds.tic_share and cls == t.tic_class:
-                    cands.append((label, share / thresholds.tic_share, share,
-                                  f"{share:.0%} of tokens in context {cls}"
-                                  + (f" ({int(t.unique_multigrams)} unique multigrams)" if label in MULTIGRAM else ""),
-                                  False))
+                cands.append((label, v / thr, v, f"{col} {v:.2f} >= {thr:g}"))
         if cands:
-            best = max(cands, key=lambda c: (c[4], c[1]))
-            label, conf = best[0], best[2]
-        else:
+            label, _, conf, _ = max(cands, key=lambda c: c[1])
+            evidence = "; ".join(c[3] for c in sorted(cands, key=lambda c: -c[1]))
+        elif tic is None or r.component not in tic.index:
             label, conf = "unlabelled", 0.0
-        evidence = "; ".join(c[3] for c in sorted(cands, key=lambda c: -c[1])) or "no score above its threshold"
+            evidence = "no attention score above its threshold and no tokens in context computed for this head"
+        else:
+            label, conf, evidence = _label_from_tokens_in_context(tic.loc[r.component], mean_share, thresholds)
         out.append({**r.to_dict(), "label": label, "family": "multigram" if label in MULTIGRAM else label,
                     "confidence": conf, "evidence": evidence})
     return pd.DataFrame(out)
+
+
+def _label_from_tokens_in_context(t: pd.Series, mean_share: dict[str, float],
+                                  thresholds: HeadTypeThresholds) -> tuple[str, float, str]:
+    n = int(t.n)
+    if "max_loss_increase" in t and float(t.max_loss_increase) < thresholds.dead:
+        return "unlabelled", 0.0, (f"dead head: mean-ablating it raises no token's loss by more than "
+                                   f"{float(t.max_loss_increase):.1e} nats (< {thresholds.dead:g})")
+    explained = round(n * (1 - float(t.frac_unexplained)))
+    if explained < thresholds.min_explained:
+        return "unlabelled", 0.0, (f"too few tokens in context explained: {explained} of {n} "
+                                   f"(< {thresholds.min_explained})")
+    rel = {c: float(t[f"frac_{c}"]) / mean_share[c] if mean_share[c] > 0 else 0.0 for c in _TIC_TO_TYPE}
+    best = max(rel, key=lambda c: (rel[c], float(t[f"frac_{c}"])))
+    label = _TIC_TO_TYPE[best]
+    share = float(t[f"frac_{best}"])
+    parts = [f"no attention score above its threshold; tokens in context (n={n}): "
+             + ", ".join(f"{c} {float(t[f'frac_{c}']):.0%} ({rel[c]:.2f}× the heads' mean)" for c in _TIC_TO_TYPE)]
+    if label in MULTIGRAM and "unique_multigrams" in t:
+        parts.append(f"{int(t.unique_multigrams)} unique multigrams")
+    return label, share, "; ".join(parts)
 
 
 # Which planted pattern a head of each type should matter most to. Previous-token heads serve induction (and

@@ -1,9 +1,11 @@
 """Developmental stages from an LLC curve (Hoogland et al. 2024; Wang et al. 2024, App. C).
 
-A stage boundary is a critical point of the LLC over log-steps: where it stops rising or stops falling. The curve
-is smoothed by Gaussian kernel regression over x = ln(1 + step) with a stated bandwidth (in units of x, so 0.25
-means a kernel standard deviation of a factor e^0.25 ≈ 1.28 in steps), evaluated on a uniform grid, and its local
-extremes are the candidate boundaries. Wiggles are removed by persistence: while two neighbouring extremes differ
+A stage boundary is a critical point of the LLC over log-steps: where it stops rising or stops falling (a local
+extreme), or where its slope falls to about zero without changing sign (a plateau between two rises or two falls,
+as in Hoogland et al.'s LM stages). The curve is smoothed by Gaussian kernel regression over x = ln(1 + step) with
+a stated bandwidth (in units of x, so 0.25 means a kernel standard deviation of a factor e^0.25 ≈ 1.28 in steps),
+evaluated on a uniform grid; its local extremes, and the local minima of |slope| where the slope stays of one sign
+but drops to at most `plateau` × the steepest slope on either side, are the candidate boundaries. Wiggles are removed by persistence: while two neighbouring extremes differ
 by less than a tolerance, the pair is dropped. The tolerance is `z` standard errors of their difference when the
 curve's standard errors are known (an LLC curve's: chain spread / sqrt(chains)), else `min_change` × the smoothed
 curve's range. The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
@@ -15,6 +17,7 @@ form.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +40,9 @@ class StageConfig:
         z: with standard errors, neighbouring extremes closer than z standard errors of their difference are
             merged away.
         burst: a stage has a transition where its steepest |slope| is at least this many times its median |slope|.
+        plateau: a local minimum of |slope| without a sign change is a boundary candidate when |slope| there is at
+            most this fraction of the steepest |slope| on each side (within the same-sign run); 0 turns plateau
+            boundaries off (extremes only).
     """
 
     bandwidth: float = 0.25
@@ -44,6 +50,7 @@ class StageConfig:
     min_change: float = 0.05
     z: float = 3.0
     burst: float = 3.0
+    plateau: float = 0.25
 
     def __post_init__(self) -> None:
         if not self.bandwidth > 0:
@@ -54,11 +61,14 @@ class StageConfig:
             raise RllcError(f"stage detection: min_change must be in [0, 1), got {self.min_change}")
         if not self.z >= 0:
             raise RllcError(f"stage detection: z must be >= 0, got {self.z}")
+        if not 0 <= self.plateau < 1:
+            raise RllcError(f"stage detection: plateau must be in [0, 1), got {self.plateau}")
 
 
 @dataclass(frozen=True)
 class CriticalPoint:
-    """A local extreme of the smoothed curve: `kind` "max" or "min" at `step`, smoothed `value` there."""
+    """A critical point of the smoothed curve at `step`, smoothed `value` there: `kind` "max" or "min" (a local
+    extreme), or "plateau" (the slope falls to about zero between two rises or two falls)."""
 
     step: float
     kind: str
@@ -76,6 +86,10 @@ class Stages:
         grid_steps, smoothed: the smoothed curve (for plotting), each (grid_points,).
         stage_transitions: per stage, the step where the smoothed curve changes fastest per unit ln(1 + step), or
             NaN when that is no burst (see `StageConfig.burst`).
+        excluded: (step, reason) of stored estimates left out of the curve (`curve_stages`: no finite value, or a
+            chain diverged).
+        negative: steps whose estimate is negative (kept in the curve unless `curve_stages(negative="drop")`,
+            then also listed in `excluded`).
     """
 
     start: float
@@ -85,6 +99,23 @@ class Stages:
     grid_steps: tuple[float, ...]
     smoothed: tuple[float, ...]
     stage_transitions: tuple[float, ...] = ()
+    excluded: tuple[tuple[int, str], ...] = ()
+    negative: tuple[int, ...] = ()
+
+    def handling(self) -> str:
+        """One line saying which estimates were left out or are negative and what was done with them."""
+        parts = []
+        by: dict[str, list[int]] = {}
+        for step, why in self.excluded:
+            by.setdefault(why, []).append(step)
+        for why, steps in by.items():
+            parts.append(f"{len(steps)} left out ({why}: steps {_steps_list(steps)})")
+        kept_negative = [s for s in self.negative if s not in {e for e, _ in self.excluded}]
+        if kept_negative:
+            parts.append(f"{len(kept_negative)} negative estimate(s) kept in the curve (steps "
+                         f"{_steps_list(kept_negative)}: the chains found loss below L(w*), so w* is not a local "
+                         f"minimum there or the sampler is too hot)")
+        return "; ".join(parts) if parts else "every estimate finite and non-negative"
 
     @property
     def transitions(self) -> tuple[float, ...]:
@@ -132,6 +163,11 @@ class Stages:
             df["loss_end"] = np.interp(np.log1p(df["end"].to_numpy(float)), x, lv)
             df["loss_change"] = df["loss_end"] - df["loss_start"]
         return df
+
+
+def _steps_list(steps: Sequence[int], most: int = 8) -> str:
+    s = ", ".join(str(int(x)) for x in steps[:most])
+    return s + (f", … ({len(steps) - most} more)" if len(steps) > most else "")
 
 
 def _step_or_none(values: Sequence[float], i: int) -> int | None:
@@ -188,6 +224,30 @@ def _extremes(y: np.ndarray) -> list[tuple[int, str]]:
     return out
 
 
+def _plateaus(y: np.ndarray, gx: np.ndarray, frac: float, seen: np.ndarray) -> list[tuple[int, str]]:
+    """Grid indices where |slope| has a local minimum at most `frac` × the steepest |slope| on each side, with
+    the slope of one sign throughout (a sign change is an extreme, found by `_extremes`)."""
+    if frac <= 0:
+        return []
+    slope = np.gradient(y, gx)
+    a = np.abs(slope)
+    sign = np.sign(slope)
+    out = []
+    for i in range(1, len(a) - 1):
+        if not (seen[i] and a[i] <= a[i - 1] and a[i] < a[i + 1] and sign[i] != 0):
+            continue
+        lo = i
+        while lo > 0 and sign[lo - 1] == sign[i]:
+            lo -= 1
+        hi = i
+        while hi < len(a) - 1 and sign[hi + 1] == sign[i]:
+            hi += 1
+        left, right = a[lo:i + 1].max(), a[i:hi + 1].max()
+        if a[i] <= frac * min(left, right):
+            out.append((i, "plateau"))
+    return out
+
+
 def detect_stages(steps: Sequence[float], values: Sequence[float], config: StageConfig = StageConfig(),
                   se: Sequence[float] | None = None) -> Stages:
     """Stage boundaries of a curve: the persistent critical points of its smoothed version over log-steps.
@@ -204,7 +264,12 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
         Stages.
     """
     grid_steps, y = smooth_log_curve(steps, values, config.bandwidth, config.grid_points)
-    ext = _extremes(y)
+    gx = np.log1p(grid_steps)
+    # Only where a checkpoint lies within a bandwidth: elsewhere (e.g. between steps 0 and 10 on a log axis) the
+    # smoothed curve is an interpolation, and its slope says nothing.
+    x = np.log1p(np.asarray(steps, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
+    seen = np.abs(gx[:, None] - x[None, :]).min(1) <= config.bandwidth
+    ext = sorted(_extremes(y) + _plateaus(y, gx, config.plateau, seen))
     if se is not None:
         s, e = np.asarray(steps, dtype=float), np.asarray(se, dtype=float)
         ok = np.isfinite(s) & np.isfinite(e) & np.isfinite(np.asarray(values, dtype=float))
@@ -230,15 +295,12 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
             del pts[1]  # the first extreme is a wiggle next to the start
         elif i == len(pts) - 2:
             del pts[-2]
+        elif "plateau" in (pts[i][1], pts[i + 1][1]):
+            del pts[i if pts[i][1] == "plateau" else i + 1]  # a plateau alone can go: the run stays monotone
         else:
             del pts[i:i + 2]
     cps = tuple(CriticalPoint(float(grid_steps[j]), k, float(y[j])) for j, k in pts[1:-1])
-    gx = np.log1p(grid_steps)
     slope = np.abs(np.gradient(y, gx))
-    # Only where a checkpoint lies within a bandwidth: elsewhere (e.g. between steps 0 and 10 on a log axis) the
-    # smoothed curve is an interpolation, and its slope says nothing.
-    x = np.log1p(np.asarray(steps, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
-    seen = np.abs(gx[:, None] - x[None, :]).min(1) <= config.bandwidth
     cuts = [j for j, _ in pts]
     transitions = []
     for a, b in zip(cuts, cuts[1:]):
@@ -255,23 +317,46 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
 
 
 def curve_stages(results: pd.DataFrame, *, component: str = "all", data: str = "pretrain", measure: str = "llc",
-                 config: StageConfig = StageConfig()) -> Stages:
+                 config: StageConfig = StageConfig(), negative: str = "keep") -> Stages:
     """Stages of one stored curve (rows of `load_results` with the given component, data and measure).
 
     When the rows come from several settings (config hashes), the one with the most checkpoints is used: curves
     from different samplers are not averaged. With per-chain values (`load_results(..., with_extra=True)`) the
     standard errors std / sqrt(valid chains) set the persistence threshold (see `detect_stages`).
 
+    Estimates that are not usable are handled explicitly and listed on the result (`Stages.excluded`,
+    `Stages.negative`, `Stages.handling()`): a row with no finite value, or one where a chain diverged (its mean
+    comes from the surviving chains only), is left out; a negative estimate is kept (`negative="keep"`: dropping
+    it would bias the curve upward) or left out (`negative="drop"`).
+
     Returns:
-        Stages of the mean value per step (invalid rows dropped).
+        Stages of the mean value per step.
     """
+    if negative not in ("keep", "drop"):
+        raise RllcError(f"curve_stages: negative must be 'keep' or 'drop', got {negative!r}")
     d = results[(results.component == component) & (results.data == data) & (results.measure == measure)]
-    if "valid" in d:
-        d = d[d.valid.astype(bool)]
     if d.empty:
-        raise RllcError(f"no valid {measure!r} results for component {component!r} on data {data!r}; sweep first")
+        raise RllcError(f"no {measure!r} results for component {component!r} on data {data!r}; sweep first")
     if "config_hash" in d and d.config_hash.nunique() > 1:
         d = d[d.config_hash == d.groupby("config_hash").step.nunique().idxmax()]
+    value = pd.to_numeric(d["value"], errors="coerce")
+    finite = np.isfinite(value.to_numpy(float))
+    invalid = ~d.valid.astype(bool).to_numpy() if "valid" in d else np.zeros(len(d), dtype=bool)
+    if "extra" in d:  # an invalid row with a lost chain diverged (its mean is over the surviving chains only)
+        lost = d.extra.map(lambda x: isinstance(x, dict) and any(
+            v is None or not math.isfinite(v) for v in x.get("per_chain", []))).to_numpy(bool)
+        diverged = invalid & lost
+    else:  # without per-chain values an invalid non-negative estimate can only be a divergence
+        diverged = invalid & ~(value.to_numpy(float) < 0)
+    neg = finite & (value.to_numpy(float) < 0) & ~diverged
+    reason = np.where(~finite, "no finite estimate", np.where(diverged, "a chain diverged",
+                      np.where(neg & (negative == "drop"), "negative estimate", "")))
+    excluded = tuple(sorted({(int(s), str(r)) for s, r in zip(d.step, reason) if r}))
+    negative_steps = tuple(sorted({int(s) for s in d.step[neg]}))
+    d = d[reason == ""]
+    if d.empty:
+        raise RllcError(f"no usable {measure!r} results for component {component!r} on data {data!r} "
+                        f"({len(excluded)} left out); check the sampler settings")
     g = d.groupby("step")["value"].mean()
     se = None
     if "extra" in d and "std" in d:
@@ -279,7 +364,8 @@ def curve_stages(results: pd.DataFrame, *, component: str = "all", data: str = "
                              if isinstance(x, dict) else 0)
         if (chains >= 2).all():
             se = (d["std"] / np.sqrt(chains)).groupby(d.step).mean().reindex(g.index).to_numpy(float)
-    return detect_stages(g.index.to_numpy(float), g.to_numpy(float), config, se=se)
+    st = detect_stages(g.index.to_numpy(float), g.to_numpy(float), config, se=se)
+    return dataclasses.replace(st, excluded=excluded, negative=negative_steps)
 
 
 def head_stages(results: pd.DataFrame, *, data: str = "pretrain", measure: str = "llc",

@@ -7,7 +7,8 @@ row, and classify each serially (the first rule that applies wins):
                head's maximum attention on the second [A] (position t) or on a first [B] (position i + 1);
   dyck         the next token's first bracket character closes the innermost open bracket/quote, and everything
                between is validly nested (character level, so BPE tokens such as "([" or ")," count: the paper's
-               split constructions);
+               split constructions); a quote mark opens or closes by its neighbouring characters, and an
+               apostrophe inside a word ("don't", "John's") is no quote (B.3);
   skip_ngram   with m the max-attention position, m < t - 1 and (tokens[m], tokens[t], tokens[t + 1]) recurs in at
                least two of the head's tokens in context with different middles;
   ngram        the span tokens[m .. t + 1] recurs in at least two of the head's tokens in context;
@@ -52,9 +53,14 @@ class TokensInContextConfig:
 
 @dataclass(frozen=True)
 class BracketVocab:
-    """The bracket and quote characters inside each token: `chars[i]` for token id i ("" for most tokens)."""
+    """The bracket and quote characters inside each token: `chars[i]` for token id i ("" for most tokens).
+
+    `texts` (each token's decoded text, when known) lets a quote mark be read as opening or closing from the
+    characters around it (Appendix B.3); without it quotes are symmetric and any quote closes an open one.
+    """
 
     chars: tuple[str, ...]
+    texts: tuple[str, ...] | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer, *, quotes: bool = True) -> BracketVocab:  # noqa: ANN102
@@ -65,7 +71,7 @@ class BracketVocab:
     def from_strings(cls, strings: Sequence[str], *, quotes: bool = True) -> BracketVocab:
         """From each token's text (index = token id), keeping ()[]{} and, if asked, double and single quotes."""
         keep = set("()[]{}") | (set(_QUOTES) if quotes else set())
-        return cls(tuple("".join(c for c in s if c in keep) for s in strings))
+        return cls(tuple("".join(c for c in s if c in keep) for s in strings), tuple(strings))
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[int, int]], vocab_size: int) -> BracketVocab:
@@ -78,27 +84,73 @@ class BracketVocab:
         return cls(tuple(chars))
 
 
+def quote_role(before: str, after: str) -> str | None:
+    """Whether a quote mark between the characters `before` and `after` ("" at either end of the text) opens,
+    closes, or is no quote at all (Appendix B.3: decided by its neighbours).
+
+    Returns:
+        "open" (start/space/opening bracket before, a non-space after), "close" (a non-space before, a space,
+        punctuation or the end after), or None: an apostrophe inside a word ("don't", "John's": letters or digits
+        on both sides) or a mark with space on both sides.
+    """
+    b_word, a_word = before.isalnum(), after.isalnum()
+    if b_word and a_word:
+        return None
+    b_space = before == "" or before.isspace() or before in "([{"
+    a_space = after == "" or after.isspace()
+    if b_space and not a_space:
+        return "open"
+    if not b_space and (a_space or not a_word):
+        return "close"
+    return None
+
+
+def _bracket_events(seq: Sequence[int], brackets: BracketVocab) -> list[list[tuple[str, str]]]:
+    """Per token of `seq`, its bracket characters with their role: (char, "open" | "close" | "quote")."""
+    chars = [brackets.chars[t] if t < len(brackets.chars) else "" for t in seq]
+    if brackets.texts is None:
+        return [[(c, "quote" if c in _QUOTES else ("open" if c in "([{" else "close")) for c in cs] for cs in chars]
+    texts = [brackets.texts[t] if t < len(brackets.texts) else "" for t in seq]
+    full = "".join(texts)
+    out, offset = [], 0
+    for text in texts:
+        ev = []
+        for j, c in enumerate(text):
+            i = offset + j
+            if c in _QUOTES:
+                role = quote_role(full[i - 1] if i > 0 else "", full[i + 1] if i + 1 < len(full) else "")
+                if role is not None:
+                    ev.append((c, role))
+            elif c in "([{":
+                ev.append((c, "open"))
+            elif c in _PAIRS:
+                ev.append((c, "close"))
+        out.append(ev)
+        offset += len(text)
+    return out
+
+
 def dyck_openers(seq: Sequence[int], brackets: BracketVocab) -> list[int]:
     """For every position t, the position of the bracket that tokens[t + 1] validly closes, else -1: len(seq).
 
-    Character-level stack over the decoded brackets; a mismatched closer empties the stack (nothing before it
-    can be validly closed across it).
+    Character-level stack over the decoded brackets and quotes; a quote opens or closes by its neighbouring
+    characters when the token texts are known (`quote_role`; an apostrophe inside a word is no quote). A
+    mismatched closing bracket empties the stack (nothing before it can be validly closed across it); an
+    unmatched closing quote is skipped.
     """
     out = [-1] * len(seq)
     stack: list[tuple[str, int]] = []
-    for t, tok in enumerate(seq):
-        if t > 0:  # does this token's first bracket character close the innermost open one?
-            first = brackets.chars[tok][:1] if tok < len(brackets.chars) else ""
-            if first and stack and stack[-1][0] == _PAIRS.get(first, first if first in _QUOTES else None):
+    for t, events in enumerate(_bracket_events(seq, brackets)):
+        if t > 0 and events:  # does this token's first bracket character close the innermost open one?
+            c, role = events[0]
+            if role != "open" and stack and stack[-1][0] == _PAIRS.get(c, c):
                 out[t - 1] = stack[-1][1]
-        for c in brackets.chars[tok] if tok < len(brackets.chars) else "":
-            if c in _QUOTES and stack and stack[-1][0] == c:
-                stack.pop()
-            elif c in _QUOTES or c in "([{":
+        for c, role in events:
+            if role == "open" or (role == "quote" and not (stack and stack[-1][0] == c)):
                 stack.append((c, t))
-            elif stack and stack[-1][0] == _PAIRS[c]:
+            elif stack and stack[-1][0] == _PAIRS.get(c, c):
                 stack.pop()
-            else:
+            elif c not in _QUOTES:  # a stray closing quote (e.g. the possessive "dogs'") breaks nothing
                 stack.clear()
     return out
 
@@ -214,12 +266,12 @@ def tokens_in_context_summary(examples: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per component: n, frac_{class} and unique_{class} for each class, unique_multigrams (unique
-        skip n-grams + n-grams), and tic_class (the class with the largest share, "unexplained" excluded unless
-        nothing else occurs).
+        skip n-grams + n-grams), max_loss_increase (nats, the head's largest ablation effect), and tic_class (the
+        class with the largest share, "unexplained" excluded unless nothing else occurs).
     """
     rows = []
     for comp, g in examples.groupby("component", sort=False):
-        row = {"component": comp, "n": len(g)}
+        row = {"component": comp, "n": len(g), "max_loss_increase": float(g.loss_increase.max())}
         for c in CLASSES:
             row[f"frac_{c}"] = float((g.label == c).mean())
             row[f"unique_{c}"] = int(g.pattern[g.label == c].nunique()) if c != "unexplained" else 0
