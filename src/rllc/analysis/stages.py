@@ -144,7 +144,8 @@ class Stages:
                 ("val_loss", "train_loss" or "loss"), interpolated in ln(1 + step) at the stage ends.
 
         Returns:
-            Columns stage ("S1", …), start, end, llc_start, llc_end, llc_trend ("rising"/"falling"), transition
+            Columns stage ("S1", …), start, end, ends_at (the boundary's kind: "max", "min", "plateau", or "last
+            step"), llc_start, llc_end, llc_trend ("rising"/"falling"), transition
             (the step of fastest change inside the stage), and loss_start, loss_end, loss_change when `loss` is
             given.
         """
@@ -153,6 +154,7 @@ class Stages:
         for i in range(len(e) - 1):
             a, b = self.value_at(e[i]), self.value_at(e[i + 1])
             rows.append({"stage": f"S{i + 1}", "start": int(round(e[i])), "end": int(round(e[i + 1])),
+                         "ends_at": self.critical_points[i].kind if i < len(self.critical_points) else "last step",
                          "llc_start": a, "llc_end": b, "llc_trend": "rising" if b >= a else "falling",
                          "transition": _step_or_none(self.stage_transitions, i)})
         df = pd.DataFrame(rows)

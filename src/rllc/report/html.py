@@ -408,6 +408,7 @@ def _loss_llc(doc: _Doc, r: _RunData) -> list[str]:
         out.append(doc.table(t, "Developmental stages of the full-model LLC: step range, the smoothed LLC at each "
                                 "end, its trend and its transition (the step of fastest change)"
                                 + (", and the validation loss at each end." if len(ck) else ".")))
+        out.append(_note("Estimates in the stage curve: " + _e(r.stages.handling()) + "."))
         if (r.results.measure == "induction_score").any():
             from rllc.analysis.stages import formation_timing
 
