@@ -22,13 +22,14 @@ FAMILIES = {"sigmoid": lambda: 1 / (1 + np.exp(-3 * (X - 3))), "bump": lambda: n
 TRUTH = ["sigmoid", "sigmoid", "bump", "bump", "bump", "decline", "decline", "sigmoid"]
 
 
-def _results(seed: int, layer: int = 1) -> pd.DataFrame:
-    """Long-form results of 8 heads in three curve families, on pretrain (wrLLC) and code (drLLC)."""
+def _results(seed: int, layer: int = 1, scatter: float = 0.2) -> pd.DataFrame:
+    """Long-form results of 8 heads in three curve families, on pretrain (wrLLC) and code (drLLC); each head's
+    amplitude varies by ±`scatter`."""
     rng = np.random.default_rng(seed)
     rows = []
     for h, fam in enumerate(TRUTH):
         for data, sign in (("pretrain", 1.0), ("code", -0.5)):
-            y = 10 + 5 * sign * FAMILIES[fam]() * rng.uniform(0.8, 1.2) + rng.normal(0, 0.03, len(X))
+            y = 10 + 5 * sign * FAMILIES[fam]() * rng.uniform(1 - scatter, 1 + scatter) + rng.normal(0, 0.03, len(X))
             rows += [dict(run=f"seed{seed}", step=int(s), component=f"{layer}:{h}", data=data, measure="llc",
                           value=float(v), std=0.0, valid=True, config_hash="h") for s, v in zip(STEPS, y)]
     return pd.DataFrame(rows)
@@ -65,11 +66,14 @@ def test_trajectories_shape_and_standardise():
         head_trajectories(pd.concat([_results(0), _results(1)]), 1)  # two runs: say which
 
 
-def test_cluster_layer_recovers_known_groups():
+@pytest.mark.parametrize("standardise, scatter", [("none", 0.05), ("zscore", 0.2)])
+def test_cluster_layer_recovers_known_groups(standardise, scatter):
+    # Raw curves (the paper's default) separate families whose heads differ little in amplitude; z-scored curves
+    # keep only the shape, so they also group heads whose amplitudes differ by ±20%.
     pytest.importorskip("sklearn")
     from rllc.analysis.clustering import ClusterConfig, cluster_layer
 
-    r = cluster_layer(_results(0), 1, ClusterConfig())
+    r = cluster_layer(_results(0, scatter=scatter), 1, ClusterConfig(standardise=standardise))
     assert r.k == 3
     assert adjusted_rand_index(r.labels, TRUTH) == 1.0
     for alg, lab in r.by_algorithm.items():
@@ -146,3 +150,17 @@ def test_clustering_figures_render(tmp_path):
     r = cluster_layer(_results(0), 1)
     assert plot_cluster_metrics(r.metrics, tmp_path / "m.png", chosen_k=r.k).stat().st_size > 1000
     assert plot_split_tree(split_tree(r.trajectories), tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_trajectories_use_one_sampler_setting_and_fill_an_invalid_estimate():
+    df = _results(0)
+    other = df[df.step.isin(STEPS[::3])].assign(value=lambda d: d.value * 100, config_hash="other")
+    bad = (df.component == "1:2") & (df.data == "pretrain") & (df.step == STEPS[10])
+    df.loc[bad, ["valid", "value"]] = [False, -50.0]
+    tr = head_trajectories(pd.concat([df, other]), 1)
+    assert tr.standardise == "none" and tr.config_hash == "h"  # raw curves, and setting "h" alone
+    assert tr.X.max() < 20  # no average with the ×100 setting
+    assert tr.steps == tuple(int(s) for s in STEPS)  # the invalid estimate of 1:2 removes no checkpoint
+    assert tr.filled == (("1:2", "pretrain", int(STEPS[10])),)
+    i = tr.steps.index(int(STEPS[10]))
+    assert min(tr.X[2, i - 1], tr.X[2, i + 1]) - 0.5 < tr.X[2, i] < max(tr.X[2, i - 1], tr.X[2, i + 1]) + 0.5

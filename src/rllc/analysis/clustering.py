@@ -1,7 +1,10 @@
 """Clustering heads by their rLLC trajectories (Wang et al. 2024, App. F.5 and G).
 
 Per layer, each head is one feature vector: its wrLLC curve on the pre-training data and its drLLC curve on
-`code`, each over the same checkpoints, concatenated. Three algorithms cluster them for k = 2…7: Euclidean k-means
+`code`, each over the same checkpoints, concatenated, raw by default (the paper, F.5.1, finds standardising the
+curves unnecessary; `standardise="zscore"` keeps only their shape). The curves come from one sampler setting (the
+one with the most estimates), and an invalid estimate is filled in from its own head's curve (`Trajectories.filled`)
+rather than removing that checkpoint for every head. Three algorithms cluster them for k = 2…7: Euclidean k-means
 and Ward agglomerative clustering (scikit-learn) and shape-based k-means with the SBD distance (k-Shape, the
 algorithm of tslearn's KShape, here in numpy);
 silhouette, Calinski–Harabasz and Davies–Bouldin score each clustering. The number of clusters is a weighted
@@ -144,8 +147,11 @@ class Trajectories:
         heads: head names "l:h" (n,).
         steps: the common checkpoint steps (T,).
         series: the data set of each concatenated block (S,).
-        X: features (n, S·T): for each head the S standardised curves, concatenated.
-        standardise: how each head's curve was scaled.
+        X: features (n, S·T): for each head the S (scaled) curves, concatenated.
+        standardise: how each head's curve was scaled ("none": raw values, the paper's choice).
+        config_hash: the sampler setting the curves come from ("" when the rows have none).
+        filled: (head, data, step) of invalid or missing estimates filled by interpolation in ln(1 + step)
+            along that head's curve.
     """
 
     heads: tuple[str, ...]
@@ -153,13 +159,16 @@ class Trajectories:
     series: tuple[str, ...]
     X: np.ndarray
     standardise: str
+    config_hash: str = ""
+    filled: tuple[tuple[str, str, int], ...] = ()
 
     def subset_steps(self, steps: Sequence[int]) -> Trajectories:
         """The same heads restricted to `steps` (a subset of self.steps), re-slicing every series block."""
         idx = [self.steps.index(s) for s in steps]
         T = len(self.steps)
         cols = [b * T + i for b in range(len(self.series)) for i in idx]
-        return Trajectories(self.heads, tuple(steps), self.series, self.X[:, cols], self.standardise)
+        return Trajectories(self.heads, tuple(steps), self.series, self.X[:, cols], self.standardise,
+                            self.config_hash, tuple(f for f in self.filled if f[2] in set(steps)))
 
 
 def _scale(v: np.ndarray, how: str) -> np.ndarray:
@@ -175,8 +184,9 @@ def _scale(v: np.ndarray, how: str) -> np.ndarray:
 
 
 def head_trajectories(results: pd.DataFrame, layer: int, *, data: Sequence[str] = ("pretrain", "code"),
-                      measure: str = "llc", standardise: Standardise = "zscore",
-                      steps: Sequence[int] | None = None, run: str | None = None) -> Trajectories:
+                      measure: str = "llc", standardise: Standardise = "none",
+                      steps: Sequence[int] | None = None, run: str | None = None,
+                      max_filled: float = 0.25) -> Trajectories:
     """One layer's per-head curves from the results store, as features for clustering.
 
     Args:
@@ -184,12 +194,17 @@ def head_trajectories(results: pd.DataFrame, layer: int, *, data: Sequence[str] 
         layer: the layer whose heads "layer:h" are clustered.
         data: data sets whose curves are concatenated (default wrLLC on pretrain and drLLC on code).
         measure: the stored measure ("llc").
-        standardise: per head and per curve, "zscore" (shape only), "minmax", or "none" (raw values).
-        steps: checkpoints to use (default: every step at which every head has every curve).
+        standardise: per head and per curve, "none" (raw values, the paper's choice and the default), "zscore"
+            (shape only) or "minmax".
+        steps: checkpoints to use (default: every step at which every head has a stored row for every curve).
         run: the run to take (default: the only one in `results`).
+        max_filled: the largest fraction of one curve's checkpoints that may be invalid (and filled).
 
     Returns:
-        Trajectories with X (n_heads, len(data)·T).
+        Trajectories with X (n_heads, len(data)·T). With several sampler settings (config hashes) in `results`,
+        only the one with the most rows is used: estimates of different samplers are never averaged. Invalid
+        estimates (diverged or negative) are filled by linear interpolation in ln(1 + step) along their own
+        curve and listed in `filled`.
     """
     d = results[results.measure == measure]
     if run is not None:
@@ -198,25 +213,50 @@ def head_trajectories(results: pd.DataFrame, layer: int, *, data: Sequence[str] 
         raise RllcError(f"results hold runs {sorted(d.run.unique())}; pass run= to choose one")
     prefix = f"{layer}:"
     d = d[d.component.str.startswith(prefix) & d.component.str[len(prefix):].str.isdigit() & d.data.isin(data)]
-    if "valid" in d:
-        d = d[d.valid.astype(bool)]
     if d.empty:
+        raise RllcError(f"no {measure!r} results for the heads of layer {layer} on {list(data)}; sweep first")
+    chash = ""
+    if "config_hash" in d:
+        chash = str(d.config_hash.value_counts().index[0])
+        d = d[d.config_hash == chash]
+    d = d.assign(value=pd.to_numeric(d["value"], errors="coerce"))
+    if "valid" in d:
+        d = d.assign(value=d["value"].where(d.valid.astype(bool)))
+    if not np.isfinite(d["value"].to_numpy(float)).any():
         raise RllcError(f"no valid {measure!r} results for the heads of layer {layer} on {list(data)}; sweep first")
-    table = d.pivot_table(index=["component", "data"], columns="step", values="value", aggfunc="mean")
+    present = d.pivot_table(index=["component", "data"], columns="step", values="run" if "run" in d else "measure",
+                            aggfunc="size")
+    table = d.pivot_table(index=["component", "data"], columns="step", values="value", aggfunc="mean",
+                          dropna=False).reindex(index=present.index, columns=present.columns)
     heads = sorted(d.component.unique(), key=lambda c: int(c.split(":")[1]))
     missing = [(h, s) for h in heads for s in data if (h, s) not in table.index]
     if missing:
         raise RllcError(f"no {measure!r} curve for head {missing[0][0]} on {missing[0][1]!r}; sweep it first")
-    common = table.dropna(axis=1).columns if steps is None else pd.Index(list(steps))
-    if steps is not None and not set(common) <= set(table.columns):
-        raise RllcError(f"steps {sorted(set(common) - set(table.columns))} have no results for layer {layer}")
+    common = present.dropna(axis=1).columns if steps is None else pd.Index(list(steps))
+    if steps is not None and not set(common) <= set(present.dropna(axis=1).columns):
+        raise RllcError(f"steps {sorted(set(common) - set(present.dropna(axis=1).columns))} have no results for "
+                        f"every head of layer {layer}")
     if len(common) < 2:
         raise RllcError(f"layer {layer}: fewer than 2 checkpoints have results for every head and data set")
-    X = np.stack([np.concatenate([_scale(table.loc[(h, s), common].to_numpy(float), standardise) for s in data])
-                  for h in heads])
-    if not np.isfinite(X).all():
-        raise RllcError(f"layer {layer}: some head curves have missing values at the chosen steps")
-    return Trajectories(tuple(heads), tuple(int(s) for s in common), tuple(data), X, standardise)
+    x = np.log1p(np.asarray(common, dtype=float))
+    filled, blocks = [], []
+    for h in heads:
+        row = []
+        for s in data:
+            v = table.loc[(h, s), common].to_numpy(float)
+            bad = ~np.isfinite(v)
+            if bad.mean() > max_filled:
+                raise RllcError(f"layer {layer}: head {h} on {s!r} has {int(bad.sum())} of {len(v)} estimates "
+                                f"invalid (more than {max_filled:.0%}); rerun those checkpoints or pass steps=")
+            if bad.any():
+                v = v.copy()
+                v[bad] = np.interp(x[bad], x[~bad], v[~bad])
+                filled += [(h, s, int(st)) for st in np.asarray(common)[bad]]
+            row.append(_scale(v, standardise))
+        blocks.append(np.concatenate(row))
+    X = np.stack(blocks)
+    return Trajectories(tuple(heads), tuple(int(s) for s in common), tuple(data), X, standardise, chash,
+                        tuple(filled))
 
 
 # ------------------------------------------------------------------------------------------------ algorithms
@@ -339,7 +379,8 @@ class ClusterConfig:
     """Settings of `cluster_layer`.
 
     Attributes:
-        data: curves concatenated per head. standardise: "zscore", "minmax" or "none".
+        data: curves concatenated per head. standardise: "none" (raw curves, the paper's F.5.1), "zscore" or
+            "minmax".
         ks: numbers of clusters tried. algorithms: any of "kmeans", "ward", "kshape".
         shape_weight: weight of shape-based (KShape) votes. k: force the number of clusters (None: vote).
         seed: random state of k-means and KShape.
@@ -347,7 +388,7 @@ class ClusterConfig:
 
     data: tuple[str, ...] = ("pretrain", "code")
     measure: str = "llc"
-    standardise: Standardise = "zscore"
+    standardise: Standardise = "none"
     ks: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
     algorithms: tuple[str, ...] = ALGORITHMS
     shape_weight: float = 2.0

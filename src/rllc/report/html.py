@@ -670,8 +670,9 @@ def _clustering(doc: _Doc, r: _RunData) -> list[str]:
         out.append(f"<h4>Layer {layer}: k = {cr.k}</h4>")
         out.append(doc.figure(png, f"Silhouette, Calinski–Harabasz and Davies–Bouldin scores of k-means, Ward and "
                                    f"k-Shape clusterings of layer {layer}'s heads against k (features: each head's "
-                                   f"z-scored wrLLC and drLLC curves). Votes: {_e(votes)}; dashed: the chosen "
-                                   f"k = {cr.k}.", f"cluster metrics layer {layer}"))
+                                   f"{_scaling(cr.trajectories)} wrLLC and drLLC curves). Votes: {_e(votes)}; "
+                                   f"dashed: the chosen k = {cr.k}.{_filled(cr.trajectories)}",
+                              f"cluster metrics layer {layer}"))
         try:
             tree = split_tree(cr.trajectories)
             png = _png_from(lambda p: plot_split_tree(tree, p, title=f"{r.name}: layer {layer} split tree (Ward)"))
@@ -692,6 +693,19 @@ def _clustering(doc: _Doc, r: _RunData) -> list[str]:
     elif not r.types:
         out.append(_missing("head types to compare the clusters with", f"rllc heads {r.cmd}"))
     return out
+
+
+def _scaling(traj: Any) -> str:
+    return {"none": "raw (unscaled, as in the paper's F.5.1)", "zscore": "z-scored",
+            "minmax": "min–max scaled"}.get(traj.standardise, traj.standardise)
+
+
+def _filled(traj: Any) -> str:
+    if not traj.filled:
+        return ""
+    cells = ", ".join(f"{h} on {d} at step {s}" for h, d, s in traj.filled[:6])
+    return (f" {len(traj.filled)} invalid estimate(s) filled by interpolation along the head's own curve: "
+            f"{_e(cells)}{' …' if len(traj.filled) > 6 else ''}.")
 
 
 def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
