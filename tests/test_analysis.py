@@ -203,7 +203,7 @@ def test_apostrophes_inside_words_are_not_quotes():
 
 
 def test_quote_role_from_neighbours():
-    from rllc.analysis.tokens_in_context import quote_role
+    from rllc.analysis.token_contexts import quote_role
 
     assert quote_role(" ", "y") == "open" and quote_role("", "y") == "open" and quote_role("(", "a") == "open"
     assert quote_role("s", " ") == "close" and quote_role("s", ",") == "close" and quote_role("a", "") == "close"
