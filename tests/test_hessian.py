@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ from rllc.analysis.hessian import (
     hessian_rank,
     hessian_trace,
     lanczos_extremes,
+    power_iteration,
     operator_rank,
     sample_from_model,
     sequence_logprob,
@@ -105,15 +108,49 @@ def test_rank_counts_eigenvalues_above_threshold_for_a_known_spectrum():
     assert abs(r.estimate - 20) < 3 * r.std_error
 
 
-def test_adaptive_rank_uses_lanczos_extremes():
+def test_lanczos_rank_uses_lanczos_extremes():
     ev = torch.cat([torch.linspace(-2.0, 0.5, 25), torch.linspace(3.0, 40.0, 15)]).double()
     A = _spectrum_matrix(ev, seed=4)
     lo, hi = lanczos_extremes(lambda v: A @ v, 40, 40, torch.Generator().manual_seed(0), torch.float64)
     assert lo == pytest.approx(-2.0, abs=1e-6) and hi == pytest.approx(40.0, abs=1e-6)
-    cfg = RankConfig(strategy="adaptive", threshold_fraction=0.05, n_probes=60, lanczos_steps=40)
+    cfg = RankConfig(strategy="lanczos", threshold_fraction=0.05, n_probes=60, lanczos_steps=40)
     r = operator_rank(lambda v: A @ v, 40, cfg, torch.float64)
     assert r.threshold == pytest.approx(2.0, rel=1e-4)
     assert abs(r.estimate - 15) < 3 * r.std_error
+
+
+def test_paper_rank_presets_and_the_range_check():
+    fixed, adaptive = RankConfig.paper_fixed(), RankConfig.paper_adaptive()
+    assert (fixed.strategy, fixed.range, fixed.threshold, fixed.degree, fixed.n_samples, fixed.n_probes) == \
+        ("fixed", (-1000.0, 6000.0), 500.0, 100, 3, 1)
+    assert (adaptive.strategy, adaptive.threshold, adaptive.degree, adaptive.n_samples, adaptive.n_probes) == \
+        ("adaptive", 500.0, 100, 3, 1)
+    # A spectrum inside (−1000, 6000): the fixed preset counts it and says it is in range (one probe: no s.e.).
+    ev = torch.cat([torch.linspace(-900, 350, 30), torch.linspace(700, 5800, 20)]).double()
+    r = operator_rank(lambda v: torch.diag(ev) @ v, 50, RankConfig.paper_fixed(), torch.float64)
+    assert r.in_range is True and r.warning() == "" and math.isnan(r.std_error)
+    # One eigenvalue at 9000, outside the range: T_100 blows up there and the "rank" is no count; it is flagged.
+    ev_out = torch.cat([ev[:-1], torch.tensor([9000.0], dtype=torch.float64)])
+    D = torch.diag(ev_out)
+    bad = operator_rank(lambda v: D @ v, 50, RankConfig(n_probes=2), torch.float64)
+    assert bad.in_range is False and "outside the Chebyshev range" in bad.warning()
+    assert abs(bad.estimate - 20) > 100  # the divergence the footnote warns of
+    assert bad.extremes[1] == pytest.approx(9000.0, rel=1e-6)
+    # The adaptive preset takes its range from |λ_max| (power iteration) and counts correctly, to the step's
+    # resolution of about span / degree ≈ 190 (so this spectrum leaves a gap around η = 500).
+    D = torch.diag(torch.cat([torch.linspace(-900, 100, 30), torch.linspace(900, 8000, 19),
+                              torch.tensor([9000.0])]).double())
+    good = operator_rank(lambda v: D @ v, 50, RankConfig.paper_adaptive(n_probes=2), torch.float64)
+    assert good.lambda_max_abs == pytest.approx(9000.0, rel=1e-3) and good.in_range is True
+    assert good.range[1] == pytest.approx(9000.0 * 1.05, rel=1e-3) and good.range[0] == -good.range[1]
+    assert abs(good.estimate - 20) < 0.5
+
+
+def test_power_iteration_finds_the_largest_magnitude():
+    ev = torch.tensor([-50.0, 1.0, 2.0, 30.0], dtype=torch.float64)
+    A = _spectrum_matrix(ev, seed=2)
+    assert power_iteration(lambda v: A @ v, 4, 200, torch.Generator().manual_seed(0), torch.float64) == \
+        pytest.approx(50.0, rel=1e-6)
 
 
 def test_step_coefficients_approximate_a_step():

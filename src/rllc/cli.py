@@ -190,8 +190,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_hessian(args: argparse.Namespace) -> None:
     from rllc.analysis.hessian_sweep import hessian_sweep
 
+    from rllc.analysis.hessian import RankConfig
+    from rllc.analysis.hessian_sweep import HessianSweepConfig
+
+    rank = {"default": RankConfig(), "paper-fixed": RankConfig.paper_fixed(),
+            "paper-adaptive": RankConfig.paper_adaptive()}[args.rank_preset]
     res = hessian_sweep(args.run_dir, measure=args.measure, components=args.components, data=args.data,
-                        steps=args.steps, progress=not args.quiet)
+                        steps=args.steps, config=HessianSweepConfig(rank=rank), progress=not args.quiet)
     print(res)
 
 
@@ -344,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", default="all", help="components as for `rllc sweep` (default all)")
     p.add_argument("--data", default="pretrain", help="data sets as for `rllc sweep` (ignored for fim)")
     p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,...")
+    p.add_argument("--rank-preset", default="default", choices=["default", "paper-fixed", "paper-adaptive"],
+                   help="Hessian rank settings: default (the paper's range (-1000, 6000), threshold 500 and degree "
+                        "100, on 100 samples x 20 probes for a standard error), paper-fixed (the same on the paper's "
+                        "3 samples x 1 probe), paper-adaptive (range +-|lambda_max| by power iteration, threshold "
+                        "500, 3 x 1); every estimate is flagged invalid when the spectrum leaves the range")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_hessian)
 

@@ -12,9 +12,14 @@ Hessian-vector product H v is `jvp(grad(L))` (forward-over-reverse, `torch.func`
   30 samples × 5 probes. Optionally the samples of one reference checkpoint are reused at every checkpoint,
   reweighted by self-normalised importance weights p_w(x)/p_ref(x) (the effective sample size is reported).
 - Hessian rank (Ubaru & Saad 2016): #{eigenvalues ≥ η} = tr h(H) with h the step function 1[λ ≥ η]; h is
-  approximated on [a, b] by a Jackson-damped Chebyshev series of degree m and tr h(H) by Hutchinson. "fixed":
-  [a, b] = (−1000, 6000), η = 500 (the paper's); "adaptive": [a, b] from the extreme eigenvalues found by
-  Lanczos (padded by 5% of the span), η = a fraction of the largest eigenvalue.
+  approximated on [a, b] by a Jackson-damped Chebyshev series of degree m and tr h(H) by Hutchinson. The series
+  is only valid on [a, b]: T_j grows like cosh(j·acosh|t|) outside it, so a single eigenvalue beyond the range
+  blows the trace up (the paper's footnote). Every estimate therefore also measures the spectrum's ends (Lanczos)
+  and flags a range that does not contain them (`RankEstimate.in_range`). Strategies: "fixed": [a, b] and η as
+  given, the paper's (−1000, 6000) and η = 500 (`RankConfig.paper_fixed()`); "adaptive" (the paper's other
+  strategy, `RankConfig.paper_adaptive()`): [a, b] = ±|λ_max| (padded), |λ_max| by power iteration, η as given;
+  "lanczos" (rllc's): [a, b] from the Lanczos extremes (padded by 5% of the span), η = `threshold_fraction` ×
+  λ_max. The paper's presets use 3 data samples, 1 probe and degree 100.
 
 Cheaper demo settings: `HessianConfig(n_samples=16, n_probes=8)`, `RankConfig(degree=40, n_probes=8)`.
 """
@@ -80,25 +85,34 @@ class RankConfig:
     """Settings of the Chebyshev step-function rank estimate.
 
     Attributes:
-        strategy: "fixed" (range and threshold as given) or "adaptive" (range from Lanczos extremes, threshold
-            `threshold_fraction` × largest eigenvalue).
+        strategy: "fixed" (range and threshold as given), "adaptive" (range ±|λ_max|·(1 + pad) with |λ_max| by
+            power iteration, threshold as given: the paper's two strategies) or "lanczos" (range from the
+            Lanczos extremes, threshold `threshold_fraction` × λ_max: rllc's own).
         degree: Chebyshev degree m (paper: 100).
         range: (a, b) the spectrum must lie in for "fixed" (paper: (−1000, 6000)).
-        threshold: η for "fixed" (paper: 500).
-        threshold_fraction: η / λ_max for "adaptive" (rllc's default 0.01; the paper does not state its value).
-        lanczos_steps: Krylov dimension for the extreme eigenvalues ("adaptive").
-        n_probes: Rademacher probes for the trace of h(H).
-        n_samples, batch_size: data sequences for the loss and sequences per HVP.
+        threshold: η for "fixed" and "adaptive" (paper: 500).
+        threshold_fraction: η / λ_max for "lanczos" only (an rllc choice, not a paper setting).
+        lanczos_steps: Krylov dimension for the spectrum's ends ("lanczos", and the range check of every
+            strategy); power_steps: power iterations for |λ_max| ("adaptive"); pad: relative margin on |λ_max|.
+        check_range: measure the spectrum's ends and flag a range that misses them (costs lanczos_steps HVPs).
+        n_probes: Rademacher probes for the trace of h(H) (paper: 1; with 1 there is no standard error).
+        n_samples, batch_size: data sequences for the loss (paper: 3) and sequences per HVP.
         probe_batch: probes per vmapped HVP (speed against memory; the result does not depend on it).
-        seed: seeds probes and the Lanczos start vector.
+        seed: seeds probes and the Lanczos / power-iteration start vectors.
+
+    The defaults are the paper's fixed range, threshold and degree on more data and probes than its 3 × 1 (for a
+    standard error); `paper_fixed()` / `paper_adaptive()` are its settings exactly.
     """
 
-    strategy: Literal["fixed", "adaptive"] = "fixed"
+    strategy: Literal["fixed", "adaptive", "lanczos"] = "fixed"
     degree: int = 100
     range: tuple[float, float] = (-1000.0, 6000.0)
     threshold: float = 500.0
     threshold_fraction: float = 0.01
     lanczos_steps: int = 30
+    power_steps: int = 50
+    pad: float = 0.05
+    check_range: bool = True
     n_probes: int = 20
     n_samples: int = 100
     batch_size: int = 32
@@ -106,15 +120,32 @@ class RankConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("fixed", "adaptive"):
-            raise RllcError(f"rank strategy must be 'fixed' or 'adaptive', got {self.strategy!r}")
-        if self.degree < 1 or self.n_probes < 2 or self.lanczos_steps < 2 or self.probe_batch < 1:
-            raise RllcError("rank config: degree >= 1, n_probes >= 2, lanczos_steps >= 2, probe_batch >= 1 required")
+        if self.strategy not in ("fixed", "adaptive", "lanczos"):
+            raise RllcError(f"rank strategy must be 'fixed', 'adaptive' or 'lanczos', got {self.strategy!r}")
+        if self.degree < 1 or self.n_probes < 1 or self.lanczos_steps < 2 or self.probe_batch < 1 \
+                or self.power_steps < 1 or self.n_samples < 1:
+            raise RllcError("rank config: degree, n_probes, n_samples, power_steps >= 1, lanczos_steps >= 2 and "
+                            "probe_batch >= 1 required")
         a, b = self.range
-        if not a < self.threshold < b:
+        if self.strategy == "fixed" and not a < self.threshold < b:
             raise RllcError(f"rank config: threshold {self.threshold} must lie inside range ({a}, {b})")
         if not 0 < self.threshold_fraction < 1:
             raise RllcError(f"rank config: threshold_fraction must be in (0, 1), got {self.threshold_fraction}")
+        if not self.pad >= 0:
+            raise RllcError(f"rank config: pad must be >= 0, got {self.pad}")
+
+    @classmethod
+    def paper_fixed(cls, **overrides: Any) -> RankConfig:
+        """The paper's fixed strategy (App. D): range (−1000, 6000), η = 500, degree 100, 3 samples, 1 probe."""
+        return cls(**{**dict(strategy="fixed", range=(-1000.0, 6000.0), threshold=500.0, degree=100,
+                             n_samples=3, n_probes=1, batch_size=3), **overrides})
+
+    @classmethod
+    def paper_adaptive(cls, **overrides: Any) -> RankConfig:
+        """The paper's adaptive strategy (App. D): range ±|λ_max| from power iteration, η = 500, degree 100,
+        3 samples, 1 probe."""
+        return cls(**{**dict(strategy="adaptive", threshold=500.0, degree=100, n_samples=3, n_probes=1,
+                             batch_size=3), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -151,9 +182,12 @@ class RankEstimate:
     """A Chebyshev step-function rank estimate: the number of Hessian eigenvalues ≥ threshold.
 
     Attributes:
-        estimate, std_error: Hutchinson mean and standard error of tr h(H).
+        estimate, std_error: Hutchinson mean and standard error of tr h(H) (NaN with one probe).
         threshold: η used; range: (a, b) the step function was approximated on; degree: Chebyshev degree.
-        dim: number of coordinates d. extremes: (λ_min, λ_max) Ritz values (adaptive only, else None).
+        dim: number of coordinates d. extremes: (λ_min, λ_max) Lanczos Ritz values (None if not measured).
+        lambda_max_abs: |λ_max| by power iteration ("adaptive" only, else None).
+        in_range: False when the measured spectrum reaches outside `range` (then the estimate is not a count:
+            the Chebyshev series diverges there); None when the spectrum was not measured.
     """
 
     estimate: float
@@ -164,6 +198,16 @@ class RankEstimate:
     dim: int
     probes: tuple[float, ...]
     extremes: tuple[float, float] | None
+    lambda_max_abs: float | None = None
+    in_range: bool | None = None
+
+    def warning(self) -> str:
+        """"" or one line saying the spectrum is outside the Chebyshev range."""
+        if self.in_range is not False or self.extremes is None:
+            return ""
+        return (f"Hessian spectrum [{self.extremes[0]:.4g}, {self.extremes[1]:.4g}] reaches outside the Chebyshev "
+                f"range ({self.range[0]:g}, {self.range[1]:g}): the rank estimate {self.estimate:.4g} is not a "
+                f"count; widen the range or use RankConfig.paper_adaptive()")
 
 
 # ------------------------------------------------------------------------------------------------ the operator
@@ -310,7 +354,8 @@ def _blocks(V: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 def _mean_se(vals: list[float]) -> tuple[float, float, tuple[float, ...]]:
     t = torch.tensor(vals, dtype=torch.float64)
-    return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(len(vals))), tuple(vals)
+    se = float(t.std(unbiased=True) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+    return float(t.mean()), se, tuple(vals)
 
 
 def hessian_trace(model: nn.Module, data: torch.Tensor, *, component: Any = "all", loss_fn: LossFn | None = None,
@@ -460,6 +505,26 @@ def lanczos_extremes(matvec: MatVec, dim: int, steps: int, generator: torch.Gene
     return float(ev[0]), float(ev[-1])
 
 
+def power_iteration(matvec: MatVec, dim: int, steps: int, generator: torch.Generator,
+                    dtype: torch.dtype = torch.float32) -> float:
+    """|λ|_max of a symmetric operator by power iteration (the Rayleigh quotient's magnitude after `steps`).
+
+    Returns:
+        |λ_max| estimate (from below: a Rayleigh quotient never exceeds the largest magnitude).
+    """
+    q = torch.randn(dim, generator=generator, dtype=torch.float64)
+    q /= q.norm()
+    lam = 0.0
+    for _ in range(steps):
+        w = matvec(q.to(dtype)).to(torch.float64)
+        lam = float(q @ w)
+        n = w.norm()
+        if n == 0:
+            return 0.0
+        q = w / n
+    return abs(lam)
+
+
 def jackson_coefficients(degree: int) -> torch.Tensor:
     """Jackson damping factors g_0..g_m (Di Napoli, Polizzi & Saad 2016), float64 (m+1,)."""
     m = degree
@@ -523,20 +588,32 @@ def operator_rank(matvec: MatVec, dim: int, config: RankConfig = RankConfig(),
         RankEstimate (the estimate is a real number; round it for a count).
     """
     gen = torch.Generator().manual_seed(config.seed)
-    extremes = None
+    extremes, lam_abs = None, None
+    if config.strategy == "lanczos" or config.check_range:
+        extremes = lanczos_extremes(matvec, dim, config.lanczos_steps, gen, dtype)
     if config.strategy == "fixed":
         (lo, hi), eta = config.range, config.threshold
+    elif config.strategy == "adaptive":
+        lam_abs = power_iteration(matvec, dim, config.power_steps, gen, dtype)
+        if extremes is not None:  # Lanczos' ends bound |λ|_max from below more tightly than a few power steps
+            lam_abs = max(lam_abs, abs(extremes[0]), abs(extremes[1]))
+        r = lam_abs * (1 + config.pad)
+        lo, hi, eta = -r, r, config.threshold
+        if not lo < eta < hi:
+            raise RllcError(f"adaptive rank: threshold {eta:g} is outside the spectrum's range ±{r:.4g}: no "
+                            f"eigenvalue reaches it (rank 0); lower the threshold")
     else:
-        extremes = lanczos_extremes(matvec, dim, config.lanczos_steps, gen, dtype)
         lmin, lmax = extremes
         if lmax <= 0:
-            raise RllcError("adaptive rank: the largest eigenvalue is not positive; use strategy='fixed'")
-        pad = 0.05 * (lmax - lmin) + 1e-12
+            raise RllcError("lanczos rank: the largest eigenvalue is not positive; use strategy='fixed'")
+        pad = config.pad * (lmax - lmin) + 1e-12
         lo, hi, eta = lmin - pad, lmax + pad, config.threshold_fraction * lmax
     est, se, vals = chebyshev_step_trace(matvec, dim, threshold=eta, lo=lo, hi=hi, degree=config.degree,
                                          n_probes=config.n_probes, generator=gen, dtype=dtype,
                                          probe_batch=config.probe_batch)
-    return RankEstimate(est, se, float(eta), (float(lo), float(hi)), config.degree, dim, vals, extremes)
+    in_range = None if extremes is None else bool(lo <= extremes[0] and extremes[1] <= hi)
+    return RankEstimate(est, se, float(eta), (float(lo), float(hi)), config.degree, dim, vals, extremes, lam_abs,
+                        in_range)
 
 
 def hessian_rank(model: nn.Module, data: torch.Tensor, *, component: Any = "all", loss_fn: LossFn | None = None,
@@ -545,7 +622,8 @@ def hessian_rank(model: nn.Module, data: torch.Tensor, *, component: Any = "all"
 
     Args:
         model, data, component, loss_fn: as in `hessian_trace` (the first `config.n_samples` rows of data).
-        config: RankConfig ("fixed": the paper's (−1000, 6000) and 500; "adaptive": Lanczos extremes).
+        config: RankConfig (`RankConfig.paper_fixed()`: the paper's (−1000, 6000) and 500;
+            `RankConfig.paper_adaptive()`: range ±|λ_max| by power iteration; "lanczos": Lanczos extremes).
 
     Returns:
         RankEstimate.
@@ -566,6 +644,6 @@ def exact_hessian(model: nn.Module, data: torch.Tensor, *, component: Any = "all
 __all__: Sequence[str] = [
     "FIM_DEFAULT", "ComponentHessian", "HessianConfig", "RankConfig", "RankEstimate", "TraceEstimate",
     "chebyshev_step_trace", "exact_hessian", "fim_trace", "hessian_rank", "hessian_trace", "hutchinson",
-    "jackson_coefficients", "lanczos_extremes", "operator_rank", "rademacher", "sample_from_model",
+    "jackson_coefficients", "lanczos_extremes", "operator_rank", "power_iteration", "rademacher", "sample_from_model",
     "sequence_logprob", "step_coefficients",
 ]

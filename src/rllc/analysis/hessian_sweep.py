@@ -9,6 +9,8 @@ missing.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +147,13 @@ def hessian_sweep(run_dir: str | Path, *, measure: Measure = "trace", components
                         r = hessian_rank(model, tokens, component=c.split("+"), loss_fn=loss_fn, config=config.rank)
                         extra = {"dim": r.dim, "threshold": r.threshold, "range": list(r.range),
                                  "degree": r.degree, "probes": list(r.probes),
-                                 "extremes": None if r.extremes is None else list(r.extremes)}
-                    rows.append(ResultRow(step, c, spec, name, chash, r.estimate, r.std_error, True, extra))
+                                 "extremes": None if r.extremes is None else list(r.extremes),
+                                 "lambda_max_abs": r.lambda_max_abs, "in_range": r.in_range,
+                                 "warning": r.warning()}
+                    # A spectrum outside the Chebyshev range makes the estimate meaningless: stored, flagged invalid.
+                    rows.append(ResultRow(step, c, spec, name, chash, r.estimate,
+                                          r.std_error if math.isfinite(r.std_error) else None,
+                                          measure == "trace" or r.in_range is not False, extra))
             computed += store.put_many(rows)
             if progress:
                 for row in rows:
