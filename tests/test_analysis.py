@@ -101,8 +101,15 @@ def test_wired_previous_token_and_induction_heads_score_near_one(wired, text_tok
     assert table.loc["0:0", "prev_token_score"] > 0.97
     assert table.loc["1:0", "induction_score"] > 0.9
     assert table.loc["1:1", "induction_score"] < 0.3 and table.loc["0:0", "induction_score"] < 0.3
+    # Olsson et al.: a random sequence repeated twice. Tokens drawn with replacement from V = 60 repeat inside a
+    # span, so some queries have two earlier occurrences and split their attention: below the 0.95 of the
+    # single-token probe, whose tokens are all distinct.
     pm = prefix_matching_scores(wired, n=16)
-    assert pm[1, 0] > 0.95 and pm[0, 0] < 0.2 and pm[1, 1] < 0.3
+    assert pm[1, 0] > 0.85 and pm[0, 0] < 0.2 and pm[1, 1] < 0.3
+    from rllc.analysis import single_token_matching_scores
+
+    st = single_token_matching_scores(wired, n=16)
+    assert st[1, 0] > 0.95 and st[0, 0] < 0.2 and st[1, 1] < 0.3
     labels = label_heads(table.reset_index()).set_index("component")
     assert labels.loc["1:0", "label"] == "induction" and labels.loc["1:0", "confidence"] > 0.9
     assert labels.loc["0:0", "label"] == "previous-token"
@@ -119,6 +126,12 @@ def test_ablation_scores_zero_for_a_head_with_zero_output_and_positive_for_induc
     late, early = icl_positions(T)
     assert loss[:, late].mean() < loss[:, early].mean() - 1.0  # in-context learning on repeats
     assert icl_positions(1024) == (500, 50) and icl_positions(64) == (31, 3)
+    from rllc.analysis import icl_score, icl_score_se
+
+    m, se = icl_score_se(loss)
+    d = (loss[:, late] - loss[:, early]).double()
+    assert m == pytest.approx(float(d.mean())) and m == pytest.approx(icl_score(loss))
+    assert se == pytest.approx(float(d.std() / math.sqrt(len(d)))) and se > 0
 
 
 def test_path_patching_matches_a_two_pass_reference_and_isolates_the_key_path(wired):

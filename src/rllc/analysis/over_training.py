@@ -8,8 +8,10 @@ by a hash of the settings below, so a re-run computes only what is missing. `hea
 
 Measures (component "l:h" unless noted; data is the held-out text spec unless noted):
   prev_token_score, current_token_score; induction_score (data "repeated_random"); prefix_matching_score (data
-  "prefix_matching_random"); ablation_zero, ablation_mean, ablation_resample (nats); icl_score (component "all":
-  the model; "l:h": the model with that head mean-ablated); q_composition, k_composition, v_composition
+  "repeated_random": Olsson et al.'s, a random sequence repeated twice); ablation_zero, ablation_mean,
+  ablation_resample (nats); icl_score (component "all": the model; "l:h": the model with that head mean-ablated;
+  the loss at token 31 minus token 3 of 64, the paper's 500 − 50 of 1024 scaled, mean over `n_icl` windows, std
+  column = its standard error); q_composition, k_composition, v_composition
   (component "0:i->1:j", data "weights"; component "random" holds the Gaussian baseline and its std);
   tic_frac_{induction,dyck,skip_ngram,ngram,unexplained}, tic_unique_multigrams; head_type (value: confidence,
   extra: label and evidence); path_patching_nested, path_patching_unnested (data "synthetic.dyck", component
@@ -38,7 +40,8 @@ from rllc.analysis.patching import dyck_path_patching
 from rllc.analysis.scores import (
     _diagonal_score,
     attention_patterns,
-    icl_score,
+    icl_positions,
+    icl_score_se,
     induction_scores,
     prefix_matching_scores,
     text_part,
@@ -54,7 +57,7 @@ from rllc.analysis.token_contexts import (
 from rllc.sweep.store import ResultRow, ResultStore, config_hash
 from rllc.train.run import Run, load_run
 
-ANALYSIS_VERSION = 1  # bump when a measure's definition changes, so old rows are not reused
+ANALYSIS_VERSION = 2  # bump when a measure's definition changes, so old rows are not reused
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class HeadAnalysisConfig:
     For the paper's tokens-in-context values use `tic=TokensInContextConfig.paper()` (100k samples, top 1k).
     """
 
-    n_text: int = 32  # held-out windows for attention, ablation and ICL scores
+    n_text: int = 32  # held-out windows for attention and ablation scores
+    n_icl: int = 256  # held-out windows the ICL scores average over (their standard error is stored)
     n_repeated: int = 16  # sequences per period for the induction score and for prefix matching
     composition_baseline_samples: int = 200
     max_checkpoints: int = 16  # when no steps are given: this many checkpoints, evenly spaced in log(step)
@@ -78,8 +82,8 @@ class HeadAnalysisConfig:
     def __post_init__(self) -> None:
         if self.tic_steps not in ("last", "all"):
             raise RllcError(f"tic_steps {self.tic_steps!r} must be 'last' or 'all'")
-        if self.n_text < 2 or self.n_repeated < 1 or self.max_checkpoints < 1:
-            raise RllcError("n_text must be >= 2 and n_repeated, max_checkpoints >= 1")
+        if self.n_text < 2 or self.n_icl < 2 or self.n_repeated < 1 or self.max_checkpoints < 1:
+            raise RllcError("n_text and n_icl must be >= 2 and n_repeated, max_checkpoints >= 1")
 
 
 @dataclass
@@ -121,7 +125,7 @@ def _hashes(cfg: HeadAnalysisConfig, text: str) -> dict[str, str]:
     base = {"version": ANALYSIS_VERSION, "seed": cfg.seed}
     return {
         "scores": config_hash({**base, "group": "scores", "n_text": cfg.n_text, "n_repeated": cfg.n_repeated,
-                               "text": text}),
+                               "n_icl": cfg.n_icl, "text": text}),
         "composition": config_hash({**base, "group": "composition", "n": cfg.composition_baseline_samples}),
         "tic": config_hash({**base, "group": "tic", "tic": dataclasses.asdict(cfg.tic), "text": text,
                             "thresholds": dataclasses.asdict(cfg.thresholds)}),
@@ -130,32 +134,39 @@ def _hashes(cfg: HeadAnalysisConfig, text: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _score_rows(model, tokens: torch.Tensor, step: int, text: str, chash: str, cfg: HeadAnalysisConfig
-                ) -> list[ResultRow]:
-    """Attention, induction, prefix-matching, ablation and ICL scores of every head at one step."""
+def _score_rows(model, tokens: torch.Tensor, step: int, text: str, chash: str, cfg: HeadAnalysisConfig,
+                icl_tokens: torch.Tensor | None = None) -> list[ResultRow]:
+    """Attention, induction, prefix-matching, ablation and ICL scores of every head at one step.
+
+    `icl_tokens` (n_icl, n_ctx): the windows the ICL scores average over (default: `tokens`)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    icl_tokens = tokens if icl_tokens is None else icl_tokens
     pats = attention_patterns(model, tokens)
     vals = {("prev_token_score", text): _diagonal_score(pats, 1), ("current_token_score", text): _diagonal_score(pats, 0),
             ("induction_score", "repeated_random"): induction_scores(model, n=cfg.n_repeated, seed=cfg.seed),
-            ("prefix_matching_score", "prefix_matching_random"): prefix_matching_scores(model, n=cfg.n_repeated,
-                                                                                        seed=cfg.seed)}
+            ("prefix_matching_score", "repeated_random"): prefix_matching_scores(model, n=cfg.n_repeated,
+                                                                                 seed=cfg.seed)}
     del pats
     clean = per_token_loss(model, tokens)  # (B, T - 1)
     means = head_z_means(model, tokens)
-    icl = torch.zeros(L, H)
     for kind in KINDS:
         out = torch.zeros(L, H)
         for l in range(L):
             for h in range(H):
                 loss = ablated_per_token_loss(model, tokens, [(l, h)], kind, means=means, seed=cfg.seed)
                 out[l, h] = loss.mean() - clean.mean()
-                if kind == "mean":
-                    icl[l, h] = icl_score(loss)
         vals[(f"ablation_{kind}", text)] = out
-    vals[("icl_score", text)] = icl
     rows = [ResultRow(step, f"{l}:{h}", data, measure, chash, float(v[l, h]))
             for (measure, data), v in vals.items() for l in range(L) for h in range(H)]
-    rows.append(ResultRow(step, "all", text, "icl_score", chash, icl_score(clean)))
+    late, early = icl_positions(icl_tokens.shape[1])
+    info = {"n_windows": int(icl_tokens.shape[0]), "late": late, "early": early}
+    for l in range(L):
+        for h in range(H):
+            m, se = icl_score_se(ablated_per_token_loss(model, icl_tokens, [(l, h)], "mean", means=means,
+                                                        seed=cfg.seed))
+            rows.append(ResultRow(step, f"{l}:{h}", text, "icl_score", chash, m, se, extra=info))
+    m, se = icl_score_se(per_token_loss(model, icl_tokens))
+    rows.append(ResultRow(step, "all", text, "icl_score", chash, m, se, extra=info))
     return rows
 
 
@@ -257,6 +268,7 @@ def analyze_heads(
                                                                                         default=str))})
     gen = torch.Generator().manual_seed(config.seed)
     text_tokens = run.dataset(text, split="val").sample_batch(config.n_text, gen)  # (n_text, n_ctx)
+    icl_tokens = run.dataset(text, split="val").sample_batch(config.n_icl, gen)  # (n_icl, n_ctx)
     tic_data = run.dataset(text, split="val")
     mc = run.config.model
     heads = [f"{l}:{h}" for l in range(mc.n_layers) for h in range(mc.n_heads)]
@@ -272,7 +284,7 @@ def analyze_heads(
         get_model = lambda: model if model is not None else run.model_at(step)  # noqa: E731
         if want("ablation_resample", heads, text, "scores") or want("icl_score", ["all"], text, "scores"):
             model = get_model()
-            rows += _score_rows(model, text_tokens, step, text, hashes["scores"], config)
+            rows += _score_rows(model, text_tokens, step, text, hashes["scores"], config, icl_tokens)
         if mc.n_layers >= 2 and want("k_composition", ["random"], "weights", "composition"):
             model = get_model()
             if not baselines:

@@ -103,7 +103,7 @@ def text_part(spec: str) -> str:
     return ",".join(f"{p.source}*{p.weight:g}" for p in parts) or "prose"
 
 
-def prefix_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy_prob: float = 0.25,
+def single_token_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy_prob: float = 0.25,
                            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random sequences where single tokens of the first half recur in the second half, never with their successor.
 
@@ -115,7 +115,7 @@ def prefix_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy
     gen = torch.Generator().manual_seed(seed)
     half = n_ctx // 2
     if vocab - low < n_ctx:
-        raise RllcError(f"prefix matching needs a vocabulary of at least n_ctx + {low} tokens (got {vocab})")
+        raise RllcError(f"single-token matching needs a vocabulary of at least n_ctx + {low} tokens (got {vocab})")
     tokens = torch.stack([torch.randperm(vocab - low, generator=gen)[:n_ctx] + low for _ in range(n)])  # (n, T)
     target = torch.full((n, n_ctx), -1, dtype=torch.long)
     copy = (torch.rand(n, n_ctx, generator=gen) < copy_prob).tolist()
@@ -130,20 +130,36 @@ def prefix_matching_tokens(n: int, n_ctx: int, vocab: int, *, low: int = 1, copy
     return tokens, target
 
 
-def prefix_matching_scores(model: Transformer, *, n: int = 32, seed: int = 0) -> torch.Tensor:
-    """Prefix-matching score (Olsson et al. 2022): attention from a token to the token after its earlier occurrence.
+def single_token_matching_scores(model: Transformer, *, n: int = 32, seed: int = 0) -> torch.Tensor:
+    """Single-token matching score (rllc's probe, not Olsson et al.'s prefix matching): attention from a token to
+    the token after its earlier occurrence when only that single token recurs (`single_token_matching_tokens`),
+    so no previous-token context helps; a head must match on the current token alone.
 
-    Unlike `induction_scores` (long repeated spans), only single tokens recur (see `prefix_matching_tokens`), so a
-    head must match on the current token alone. Returns (n_layers, n_heads): mean attention to the target key.
+    Returns (n_layers, n_heads): mean attention to the target key.
     """
     cfg = model.cfg
-    tokens, target = prefix_matching_tokens(n, cfg.n_ctx, cfg.d_vocab, seed=seed)
+    tokens, target = single_token_matching_tokens(n, cfg.n_ctx, cfg.d_vocab, seed=seed)
     pats = attention_patterns(model, tokens)  # (L, B, H, T, T)
     b, q = (target >= 0).nonzero(as_tuple=True)
     if len(b) == 0:
-        raise RllcError(f"no recurring tokens drawn for the prefix-matching score; raise n (got {n})")
+        raise RllcError(f"no recurring tokens drawn for the single-token matching score; raise n (got {n})")
     pats = pats.permute(0, 2, 1, 3, 4)  # (L, H, B, T, T)
     return pats[..., b, q, target[b, q]].mean(-1)  # (L, H)
+
+
+def prefix_matching_scores(model: Transformer, *, n: int = 32, seed: int = 0) -> torch.Tensor:
+    """Prefix-matching score (Olsson et al. 2022): on a random sequence repeated twice, the mean attention from each
+    token of the second copy to the token after its occurrence in the first copy (key i − P + 1 for query i ≥ P,
+    period P = n_ctx // 2).
+
+    Returns (n_layers, n_heads) in [0, 1]. (`induction_scores` averages the same target over several periods.)
+    """
+    cfg = model.cfg
+    P = max(2, cfg.n_ctx // 2)
+    toks = repeated_random_tokens(n, P, cfg.n_ctx, cfg.d_vocab, seed=seed)  # (n, 2P)
+    pats = attention_patterns(model, toks)  # (L, B, H, T, T)
+    q = torch.arange(P, toks.shape[1])
+    return pats[..., q, q - P + 1].mean(dim=(1, 3))  # (L, H)
 
 
 def icl_positions(n_ctx: int) -> tuple[int, int]:
@@ -160,8 +176,17 @@ def icl_positions(n_ctx: int) -> tuple[int, int]:
 def icl_score(per_token_loss: torch.Tensor) -> float:
     """ICL score (Olsson et al. 2022) from per-token losses (B, T - 1): mean loss at `late` minus at `early`.
 
-    Position t is the loss of predicting token t + 1; positions come from `icl_positions(T)`. Negative means
-    the model predicts later tokens better, i.e. it learns in context.
+    Position t is the loss of predicting token t + 1; positions come from `icl_positions(T)` (the paper's tokens 500
+    and 50 of 1024, i.e. 31 and 3 at n_ctx 64). It measures how much the loss falls from early to late context;
+    negative means the model predicts later tokens better, i.e. it learns in context.
     """
+    return icl_score_se(per_token_loss)[0]
+
+
+def icl_score_se(per_token_loss: torch.Tensor) -> tuple[float, float]:
+    """`icl_score` and its standard error over windows: (mean, std / sqrt(B)) of the per-window differences
+    loss[b, late] − loss[b, early] (NaN standard error for one window)."""
     late, early = icl_positions(per_token_loss.shape[1] + 1)
-    return float(per_token_loss[:, late].mean() - per_token_loss[:, early].mean())
+    d = (per_token_loss[:, late] - per_token_loss[:, early]).double()  # (B,)
+    se = float(d.std(unbiased=True) / d.numel() ** 0.5) if d.numel() > 1 else float("nan")
+    return float(d.mean()), se
