@@ -101,7 +101,7 @@ def test_wired_previous_token_and_induction_heads_score_near_one(wired, text_tok
     assert table.loc["0:0", "prev_token_score"] > 0.97
     assert table.loc["1:0", "induction_score"] > 0.9
     assert table.loc["1:1", "induction_score"] < 0.3 and table.loc["0:0", "induction_score"] < 0.3
-    # Olsson et al.: a random sequence repeated twice. Tokens drawn with replacement from V = 60 repeat inside a
+    # Olsson et al.: a random sequence repeated twice. Tokens drawn with replacement from V = 128 repeat inside a
     # span, so some queries have two earlier occurrences and split their attention: below the 0.95 of the
     # single-token probe, whose tokens are all distinct.
     pm = prefix_matching_scores(wired, n=16)
