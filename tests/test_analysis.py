@@ -321,3 +321,15 @@ def test_every_head_gets_a_type_or_a_stated_reason():
     assert labels.loc["1:1", "label"] == "unlabelled" and "too few tokens in context" in labels.loc["1:1", "evidence"]
     no_tic = label_heads(scores).set_index("component")
     assert "no tokens in context computed" in no_tic.loc["0:1", "evidence"]
+
+
+def test_skip_ngram_families_from_token_texts():
+    from rllc.analysis.token_contexts import skip_ngram_kind
+
+    assert skip_ngram_kind('"', " he", " said") == "post-quotation"
+    assert skip_ngram_kind(")", " and", " then") == "post-parenthetical"
+    assert skip_ngram_kind(" more", " money", " than") == "correlative"
+    assert skip_ngram_kind(" neither", " you", " nor") == "correlative"
+    assert skip_ngram_kind(" e", ".", "g") == "abbreviation"
+    assert skip_ngram_kind(" picked", " it", " up") == "phrasal verb"
+    assert skip_ngram_kind(" the", " big", " dog") == "other"

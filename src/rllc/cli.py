@@ -78,7 +78,12 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_heads(args: argparse.Namespace) -> None:
     from rllc.analysis import heads_command
 
-    res = heads_command(args.run_dir, args.steps, progress=None if args.quiet else print)
+    from rllc.analysis import HeadAnalysisConfig, TokensInContextConfig
+
+    config = HeadAnalysisConfig()
+    if args.tic == "paper":
+        config = HeadAnalysisConfig(tic=TokensInContextConfig.paper())
+    res = heads_command(args.run_dir, args.steps, config=config, progress=None if args.quiet else print)
     cols = [c for c in res.table.columns if c not in ("evidence",)]
     print(res.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for line in res.summary:
@@ -266,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "what is stored.")
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: 16 spread in log step)")
+    p.add_argument("--tic", default="cpu", choices=["cpu", "paper"],
+                   help="tokens-in-context scale: cpu (128 sequences, top 100 per head; the default) or paper "
+                        "(Appendix B: 100,000 sequences, top 1,000). The n-gram and skip n-gram shares depend on "
+                        "top k (a pattern must recur among a head's top k), so compare heads at one scale")
     p.add_argument("--quiet", action="store_true", help="no per-checkpoint progress lines")
     p.set_defaults(func=cmd_heads)
 

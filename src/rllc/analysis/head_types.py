@@ -98,8 +98,9 @@ def _label_from_tokens_in_context(t: pd.Series, mean_share: dict[str, float],
     best = max(rel, key=lambda c: (rel[c], float(t[f"frac_{c}"])))
     label = _TIC_TO_TYPE[best]
     share = float(t[f"frac_{best}"])
-    parts = [f"no attention score above its threshold; tokens in context (n={n}): "
-             + ", ".join(f"{c} {float(t[f'frac_{c}']):.0%} ({rel[c]:.2f}× the heads' mean)" for c in _TIC_TO_TYPE)]
+    parts = [f"no attention score above its threshold; top {n} tokens in context: "
+             + ", ".join(f"{c} {float(t[f'frac_{c}']):.0%} ({round(float(t[f'frac_{c}']) * n)} of {n}; "
+                         f"{rel[c]:.2f}× the heads' mean)" for c in _TIC_TO_TYPE)]
     if label in MULTIGRAM and "unique_multigrams" in t:
         parts.append(f"{int(t.unique_multigrams)} unique multigrams")
     return label, share, "; ".join(parts)

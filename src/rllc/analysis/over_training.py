@@ -221,7 +221,7 @@ def _tic_rows(model, tokens: torch.Tensor, brackets: BracketVocab, step: int, te
                      "loss_increase": round(float(r.loss_increase), 4), "pos": int(r.pos)} for r in top.itertuples()]
         for c in CLASSES:
             rows.append(ResultRow(step, s.component, text, f"tic_frac_{c}", chash, float(s[f"frac_{c}"]),
-                                  extra={"unique": int(s[f"unique_{c}"]), "n": int(s.n)}))
+                                  extra={"unique": int(s[f"unique_{c}"]), "count": int(s[f"count_{c}"]), "n": int(s.n)}))
         rows.append(ResultRow(step, s.component, text, "tic_unique_multigrams", chash, float(s.unique_multigrams),
                               extra={"tic_class": s.tic_class, "examples": examples}))
     for _, r in labels.iterrows():

@@ -39,7 +39,11 @@ _QUOTES = ('"', "'")
 
 @dataclass(frozen=True)
 class TokensInContextConfig:
-    """How many tokens in context to collect. Defaults are scaled for CPU; `paper()` gives Appendix B's values."""
+    """How many tokens in context to collect. Defaults are scaled for CPU; `paper()` gives Appendix B's values.
+
+    The n-gram and skip n-gram classes depend on top_k (a pattern must recur among a head's top k), so shares at
+    different scales are not comparable; every summary prints the counts and k beside the fractions.
+    """
 
     n_samples: int = 256  # sequences the head is mean-ablated over (paper: 100,000)
     top_k: int = 100  # tokens in context kept per head (paper: 1,000)
@@ -155,6 +159,42 @@ def dyck_openers(seq: Sequence[int], brackets: BracketVocab) -> list[int]:
     return out
 
 
+# The paper's skip n-gram families (App. B.4), recognised from the token texts: (first word, predicted word) pairs of
+# correlative constructions, the particles of phrasal verbs, and what the head attends for post-quotation,
+# post-parenthetical and abbreviation patterns.
+_CORRELATIVES = {("more", "than"), ("less", "than"), ("rather", "than"), ("fewer", "than"), ("either", "or"),
+                 ("whether", "or"), ("neither", "nor"), ("both", "and"), ("between", "and"), ("not", "but"),
+                 ("as", "as"), ("so", "that"), ("such", "that"), ("the", "the")}
+_PARTICLES = {"up", "out", "off", "down", "over", "back", "away", "around", "through", "along", "apart", "aside"}
+SKIP_KINDS: tuple[str, ...] = ("post-quotation", "post-parenthetical", "correlative", "abbreviation",
+                               "phrasal verb", "other")
+
+
+def skip_ngram_kind(attended: str, current: str, predicted: str) -> str:
+    """Which of the paper's skip n-gram families a skip n-gram [attended] … [current] → [predicted] belongs to.
+
+    Args:
+        attended, current, predicted: the decoded texts of tokens[m], tokens[t], tokens[t + 1].
+    Returns:
+        "post-quotation" (the head attends a quote mark), "post-parenthetical" (a parenthesis), "correlative"
+        (e.g. more … than, either … or, neither … nor), "abbreviation" (a letter or two and a full stop, e.g. the
+        "e" of "e.g."), "phrasal verb" (a word … a particle such as up/out/off), else "other".
+    """
+    a, c, p = attended.strip().lower(), current.strip().lower(), predicted.strip().lower()
+    if any(q in attended for q in ('"', "“", "”", "'")):
+        return "post-quotation"
+    if any(b in attended for b in "()"):
+        return "post-parenthetical"
+    if (a, p) in _CORRELATIVES:
+        return "correlative"
+    if (a.isalpha() and len(a) <= 2 and "." in current + predicted) or (len(a) >= 2 and a[-1] == "." and
+                                                                      a[:-1].isalpha() and len(a) <= 4):
+        return "abbreviation"
+    if a.isalpha() and p in _PARTICLES:
+        return "phrasal verb"
+    return "other"
+
+
 def classify_tokens_in_context(
     seqs: Sequence[Sequence[int]], positions: Sequence[int], max_attn: Sequence[int], brackets: BracketVocab | None
 ) -> tuple[list[str], list[tuple]]:
@@ -218,7 +258,8 @@ def tokens_in_context(
         means: head z means (L, H, E) for the ablation (default: over all `config.n_samples` sequences).
     Returns:
         One row per token in context: component, layer, head, rank, seq (index of the sequence among those drawn),
-        loss_increase, pos, max_attn, label, pattern (key as a string), tokens (list[int], the sequence up to pos + 1), attention (list[float] over keys 0..pos).
+        loss_increase, pos, max_attn, label, pattern (key as a string), skip_kind (`skip_ngram_kind` of a skip
+        n-gram when the token texts are known, else ""), tokens (list[int], the sequence up to pos + 1), attention (list[float] over keys 0..pos).
     """
     cfg = model.cfg
     heads = list(heads) if heads is not None else [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
@@ -251,10 +292,14 @@ def tokens_in_context(
         rows = cache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(pos)), h, pos]  # (k, T)
         max_attn = rows.argmax(-1)
         labels, keys = classify_tokens_in_context(seqs.tolist(), pos.tolist(), max_attn.tolist(), brackets)
+        texts = brackets.texts if brackets is not None else None
+        kinds = [skip_ngram_kind(*(texts[int(s[i])] if int(s[i]) < len(texts) else "" for i in (m, p, p + 1)))
+                 if lab == "skip_ngram" and texts is not None else ""
+                 for lab, s, m, p in zip(labels, seqs, max_attn.tolist(), pos.tolist())]
         frames.append(pd.DataFrame({
             "component": f"{l}:{h}", "layer": l, "head": h, "rank": np.arange(len(pos)), "seq": seq_idx.numpy(),
             "loss_increase": inc.numpy(), "pos": pos.numpy(), "max_attn": max_attn.numpy(), "label": labels,
-            "pattern": [" ".join(map(str, k)) for k in keys],
+            "pattern": [" ".join(map(str, k)) for k in keys], "skip_kind": kinds,
             "tokens": [s[:p + 2].tolist() for s, p in zip(seqs, pos.tolist())],
             "attention": [r[:p + 1].tolist() for r, p in zip(rows, pos.tolist())],
         }))
@@ -265,17 +310,23 @@ def tokens_in_context_summary(examples: pd.DataFrame) -> pd.DataFrame:
     """Per head: fraction and number of unique patterns of each class, the unique multigrams, and the class.
 
     Returns:
-        One row per component: n, frac_{class} and unique_{class} for each class, unique_multigrams (unique
-        skip n-grams + n-grams), max_loss_increase (nats, the head's largest ablation effect), and tic_class (the
+        One row per component: n, count_{class}, frac_{class} and unique_{class} for each class (the n-gram and
+        skip n-gram counts depend on k = n: a pattern counts when it recurs among the head's top k), unique_multigrams (unique
+        skip n-grams + n-grams), skip_kinds (counts of the paper's skip n-gram families, "" without texts),
+        max_loss_increase (nats, the head's largest ablation effect), and tic_class (the
         class with the largest share, "unexplained" excluded unless nothing else occurs).
     """
     rows = []
     for comp, g in examples.groupby("component", sort=False):
         row = {"component": comp, "n": len(g), "max_loss_increase": float(g.loss_increase.max())}
         for c in CLASSES:
+            row[f"count_{c}"] = int((g.label == c).sum())
             row[f"frac_{c}"] = float((g.label == c).mean())
             row[f"unique_{c}"] = int(g.pattern[g.label == c].nunique()) if c != "unexplained" else 0
         row["unique_multigrams"] = row["unique_skip_ngram"] + row["unique_ngram"]
+        kinds = g.skip_kind[g.label == "skip_ngram"] if "skip_kind" in g else pd.Series([], dtype=str)
+        kinds = kinds[kinds != ""].value_counts()
+        row["skip_kinds"] = ", ".join(f"{k} {n}" for k, n in kinds.items())
         explained = {c: row[f"frac_{c}"] for c in CLASSES[:-1]}
         best = max(explained, key=explained.get)
         row["tic_class"] = best if explained[best] > 0 else "unexplained"
@@ -297,9 +348,10 @@ def render_tokens_in_context_html(
              f"<h1>{html.escape(title or 'tokens in context')}</h1>"]
     for comp, g in examples.groupby("component", sort=False):
         s = summary.loc[comp]
-        fracs = ", ".join(f"{c} {s[f'frac_{c}']:.0%}" for c in CLASSES)
-        parts.append(f"<h2>head {comp}: {s.tic_class}</h2><p>{int(s.n)} tokens in context: {fracs}; "
-                     f"{int(s.unique_multigrams)} unique multigrams</p>")
+        fracs = ", ".join(f"{c} {s[f'frac_{c}']:.0%} ({int(s[f'count_{c}'])} of {int(s.n)})" for c in CLASSES)
+        kinds = f"; skip n-grams by family: {html.escape(s.skip_kinds)}" if s.skip_kinds else ""
+        parts.append(f"<h2>head {comp}: {s.tic_class}</h2><p>top {int(s.n)} tokens in context: {fracs}; "
+                     f"{int(s.unique_multigrams)} unique multigrams{kinds}</p>")
         for _, r in g.head(per_head).iterrows():
             att = np.asarray(r.attention)
             scale = att.max() if att.max() > 0 else 1.0
