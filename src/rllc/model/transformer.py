@@ -185,7 +185,9 @@ class Transformer(HookedModule):
         T = tokens.shape[-1]
         if T > self.cfg.n_ctx:
             raise RllcError(f"sequence length {T} exceeds the model's n_ctx {self.cfg.n_ctx}; use shorter windows")
-        resid = self.hook_embed(self.embed.W_E[tokens])  # (B, T, D)
+        # F.embedding, not W_E[tokens]: indexing's backward accumulates rows in a thread-dependent order (training
+        # differed run to run at 2 threads) and is ~15x slower; F.embedding's backward is deterministic.
+        resid = self.hook_embed(F.embedding(tokens, self.embed.W_E))  # (B, T, D)
         pos = self.hook_pos_embed(self.pos_embed.W_pos[:T])  # (T, D); shortformer: never added to resid
         for block in self.blocks:
             resid = block(resid, pos)  # (B, T, D)
