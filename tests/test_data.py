@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import math
 import os
 import pickle
 import sys
@@ -242,8 +243,45 @@ def test_tiny_corpus_still_has_validation(tok, tmp_path):
         (tmp_path / "c" / f"{i}.txt").write_text(f"document number {i}\n")
     meta = cache_metadata(str(tmp_path / "c"), tok, tmp_path / "cache")
     assert meta["val"]["n_docs"] >= 1 and meta["train"]["n_docs"] >= 1 and meta["n_docs"] == 3
+    train = tokenize_to_cache(str(tmp_path / "c"), tok, tmp_path / "cache", split="train")
     val = tokenize_to_cache(str(tmp_path / "c"), tok, tmp_path / "cache", split="val")
-    assert tok.decode(np.asarray(val[:-1]).tolist()) in {f"document number {i}\n" for i in range(3)}
+    # too few documents to split by document: the stream's last tokens are validation, the rest training
+    whole = tok.decode(np.concatenate([train, val]).tolist(), skip_special_tokens=False)
+    assert sorted(whole.split("<|endoftext|>")[:-1]) == [f"document number {i}\n" for i in range(3)]
+    assert meta["split_by"] == "tokens" and 0 < len(val) < len(train)
+
+
+def test_one_small_file_splits_inside_the_document(tok, prose_docs, tmp_path):
+    # A 40 KB single-file corpus used to hash its only document into validation: 0 training tokens.
+    text = "\n\n".join(prose_docs)[:40_000]
+    (tmp_path / "s.txt").write_text(text)
+    train = tokenize_to_cache(str(tmp_path / "s.txt"), tok, tmp_path / "cache", split="train")
+    val = tokenize_to_cache(str(tmp_path / "s.txt"), tok, tmp_path / "cache", split="val")
+    n = len(train) + len(val)
+    assert len(val) == max(math.ceil(0.05 * n), min(n // 4, 1024)) and len(train) == n - len(val)
+    assert tok.decode(np.concatenate([train, val])[:-1].tolist()) == text  # one document, cut in two
+    # an old cache of a tiny corpus (split by document) is rebuilt, not trusted
+    meta_path = next((tmp_path / "cache").glob("*.json"))
+    meta = json.loads(meta_path.read_text())
+    meta.pop("split_by")
+    meta_path.write_text(json.dumps(meta))
+    assert len(tokenize_to_cache(str(tmp_path / "s.txt"), tok, tmp_path / "cache", split="val")) == len(val)
+    assert json.loads(meta_path.read_text())["split_by"] == "tokens"
+
+
+def test_orphan_temp_files_are_removed(tok, corpus_dir, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = cache / f".tmp-{int(dead.stdout)}-abc.train"  # a tokenisation killed mid-write
+    orphan.write_bytes(b"x" * 1000)
+    alive = cache / f".tmp-{os.getpid()}-abc.train"  # a tokenisation still running (this process)
+    alive.write_bytes(b"x")
+    tokenize_to_cache(str(corpus_dir), tok, cache)
+    assert not orphan.exists() and alive.exists()
 
 
 def test_vocab_too_large_for_uint16(tmp_path, corpus_dir):

@@ -9,13 +9,23 @@ import sys
 import time
 from pathlib import Path
 
-from rllc._errors import RllcError
+from rllc._errors import RllcError, check_writable
 
 DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
 develops. Start with `rllc demo` (CPU, offline, about 6 minutes on 2 cores)."""
+
+
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return n
 
 
 def _ints(s: str) -> list[int]:
@@ -55,9 +65,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from rllc.train import train_model
 
     seeds = args.seeds or [args.seed]
-    for seed in seeds:
+    configs = [_preset_configs(args, seed) for seed in seeds]  # every seed's config checked before any trains
+    for seed, (model_cfg, train_cfg) in zip(seeds, configs):
         out = Path(args.out) if len(seeds) == 1 else Path(f"{args.out}-seed{seed}")
-        model_cfg, train_cfg = _preset_configs(args, seed)
         run = train_model(model_cfg, train_cfg, out, device=args.device, progress=not args.quiet)
         print(f"{out}: {len(run.steps)} checkpoints, last step {run.steps[-1]}, "
               f"val loss {run.metadata(run.steps[-1])['val_loss']:.3f}")
@@ -110,7 +120,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
                    help="subtract the loss at w* on each draw's own minibatch (less variance, one more forward "
                         "per draw); default: off for `llc`/`calibrate` (the paper's estimator), on for `sweep`")
-    p.add_argument("--n-samples", type=int, default=2048,
+    p.add_argument("--n-samples", type=_positive_int, default=2048,
                    help="token windows drawn (seeded) from the data set to estimate on (default 2048)")
 
 
@@ -152,14 +162,16 @@ def cmd_llc(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from rllc.llc import calibrate, plot_calibration
 
+    out = Path(args.plot) if args.plot else None
+    check_writable(out.parent if out else args.run_dir, "cannot write the traces plot; pass --plot a writable path")
     run, step, model, tokens = _llc_inputs(args)
+    out = out or Path(args.run_dir) / f"calibration_step{step}.png"
     result = calibrate(model, tokens, epsilons=args.epsilons, nbetas=args.nbetas, gammas=args.gammas,
                        component=args.component, progress=not args.quiet, **_sampler_overrides(args))
     cols = [c for c in result.table.columns if c not in ("loss_trace",)]
     print(result.table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for m in result.messages:
         print(f"note: {m}")
-    out = Path(args.plot or Path(args.run_dir) / f"calibration_step{step}.png")
     plot_calibration(result, out)
     rec = result.recommended
     if rec is None:
@@ -327,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where jobs run (default inprocess)")
     p.add_argument("--address", help="Ray cluster address (with --executor ray); default: a private local runtime "
                                      "bound to 127.0.0.1")
-    p.add_argument("--workers", type=int, help="pool processes or local Ray CPUs")
+    p.add_argument("--workers", type=_positive_int, help="pool processes or local Ray CPUs (default: all CPUs)")
     _add_sampler_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -384,6 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except RllcError as e:
         print(f"rllc: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk the library did not name: still one line
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"rllc: error: {e.strerror}:{where}; free space or make it writable, then run the same command "
+              "again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nrllc: interrupted; run the same command again to resume", file=sys.stderr)

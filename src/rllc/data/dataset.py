@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from rllc._errors import RllcError
+from rllc._errors import RllcError, is_writable, writing
 from rllc.data.corpora import BUILTIN_SOURCES, is_user_source, iter_documents, source_fingerprint
 from rllc.data.synthetic import FAMILIES, SyntheticBatch, SyntheticConfig, generate_indices, generate_one
 from rllc.data.tokenizer import bracket_ids, eos_id, n_special_tokens, tokenizer_id
@@ -32,6 +33,9 @@ DEFAULT_PRETRAIN = "prose*0.35,code*0.15,synthetic.repeat*0.5"
 VAL_FRACTION = 0.05
 SYNTHETIC_LENGTH = 100_000
 CACHE_VERSION = 1
+# Fewer documents than this: the validation split is the stream's last tokens (within a document), since a
+# hash over a handful of documents may put all of them, or none, in validation.
+MIN_DOCS_FOR_DOC_SPLIT = 20
 _ENCODE_BATCH_DOCS = 256
 _ENCODE_BATCH_CHARS = 4 << 20
 _VAL_SEED_SALT = 0x7A11D
@@ -59,9 +63,33 @@ def _read_meta(bin_path: Path, meta_path: Path) -> dict | None:
     try:
         meta = json.loads(meta_path.read_text())
         ok = meta.get("version") == CACHE_VERSION and bin_path.stat().st_size == 2 * meta["n_tokens"]
-    except (OSError, ValueError, KeyError, TypeError):
+        # caches of tiny corpora written before the split within documents existed are rebuilt
+        ok = ok and (meta["n_docs"] >= MIN_DOCS_FOR_DOC_SPLIT or meta.get("split_by") == "tokens")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta if ok else None
+
+
+def _val_tokens(n: int) -> int:
+    """Validation tokens cut from the end of a small corpus of n tokens: 5%, but at least min(n/4, 1024)."""
+    return max(math.ceil(VAL_FRACTION * n), min(n // 4, 1024)) if n >= 2 else 0
+
+
+def _remove_orphans(cache_dir: Path) -> None:
+    """Delete temporary files left by tokenisations that were killed (their process is gone)."""
+    for tmp in cache_dir.glob(".tmp-*"):
+        m = re.match(r"\.tmp-(\d+)-", tmp.name)
+        if m:
+            try:
+                os.kill(int(m.group(1)), 0)
+                continue  # its writer still runs
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif time.time() - tmp.stat().st_mtime < 24 * 3600:  # an older rllc's name without a pid: a day's grace
+            continue
+        tmp.unlink(missing_ok=True)
 
 
 def _batches(docs: Iterator[str]) -> Iterator[list[str]]:
@@ -78,11 +106,18 @@ def _batches(docs: Iterator[str]) -> Iterator[list[str]]:
 
 
 def _write_cache(source: str, tokenizer: Tokenizer, bin_path: Path, meta_path: Path) -> dict:
+    with writing(bin_path, what="token cache"):
+        return _write_cache_files(source, tokenizer, bin_path, meta_path)
+
+
+def _write_cache_files(source: str, tokenizer: Tokenizer, bin_path: Path, meta_path: Path) -> dict:
     eos = eos_id(tokenizer)
     counts = {"train": [0, 0], "val": [0, 0]}  # [n_tokens, n_docs]
     last_train_doc: np.ndarray | None = None
-    fd_t, tmp_train = tempfile.mkstemp(dir=bin_path.parent, prefix=".tmp-", suffix=".train")
-    fd_v, tmp_val = tempfile.mkstemp(dir=bin_path.parent, prefix=".tmp-", suffix=".val")
+    split_by = "documents"
+    prefix = f".tmp-{os.getpid()}-"  # the pid tells a later run whether the writer is still alive
+    fd_t, tmp_train = tempfile.mkstemp(dir=bin_path.parent, prefix=prefix, suffix=".train")
+    fd_v, tmp_val = tempfile.mkstemp(dir=bin_path.parent, prefix=prefix, suffix=".val")
     try:
         with os.fdopen(fd_t, "wb") as ft, os.fdopen(fd_v, "wb") as fv:
             index = 0
@@ -98,7 +133,22 @@ def _write_cache(source: str, tokenizer: Tokenizer, bin_path: Path, meta_path: P
                     if split == "train":
                         last_train_doc = ids
                     index += 1
-            if counts["val"][1] == 0 and counts["train"][1] >= 2:
+            n_docs = counts["train"][1] + counts["val"][1]
+            if 0 < n_docs < MIN_DOCS_FOR_DOC_SPLIT:
+                # Too few documents to split by document: the last tokens of the stream are the validation split.
+                ft.flush()
+                fv.flush()
+                stream = np.concatenate([np.fromfile(tmp_train, dtype=np.uint16), np.fromfile(tmp_val, dtype=np.uint16)])
+                k = _val_tokens(len(stream))
+                ft.seek(0)
+                ft.truncate(0)
+                ft.write(stream[: len(stream) - k].tobytes())
+                fv.seek(0)
+                fv.truncate(0)
+                fv.write(stream[len(stream) - k :].tobytes())
+                counts = {"train": [len(stream) - k, n_docs], "val": [k, 1]}  # the last document is split
+                split_by = "tokens"
+            elif counts["val"][1] == 0 and counts["train"][1] >= 2:
                 # Tiny corpora can miss the 5% draw entirely: move the last training document to validation.
                 ft.flush()
                 ft.truncate(2 * (counts["train"][0] - len(last_train_doc)))
@@ -122,14 +172,15 @@ def _write_cache(source: str, tokenizer: Tokenizer, bin_path: Path, meta_path: P
             "vocab_size": tokenizer.get_vocab_size(),
             "eos_id": eos,
             "n_tokens": counts["train"][0] + counts["val"][0],
-            "n_docs": counts["train"][1] + counts["val"][1],
+            "n_docs": n_docs,
             "train": {"offset": 0, "n_tokens": counts["train"][0], "n_docs": counts["train"][1]},
             "val": {"offset": counts["train"][0], "n_tokens": counts["val"][0], "n_docs": counts["val"][1]},
             "val_fraction": VAL_FRACTION,
+            "split_by": split_by,
         }
         os.chmod(tmp_train, 0o644)  # mkstemp makes 0600 files; caches may be shared between users
         os.replace(tmp_train, bin_path)
-        fd_m, tmp_meta = tempfile.mkstemp(dir=bin_path.parent, prefix=".tmp-", suffix=".json")
+        fd_m, tmp_meta = tempfile.mkstemp(dir=bin_path.parent, prefix=prefix, suffix=".json")
         with os.fdopen(fd_m, "w") as fm:
             json.dump(meta, fm, indent=1)
         os.chmod(tmp_meta, 0o644)
@@ -162,13 +213,37 @@ def tokenize_to_cache(
     if tokenizer.get_vocab_size() > 65536:
         raise RllcError(f"tokenizer vocab size {tokenizer.get_vocab_size()} > 65536 does not fit uint16 caches")
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     bin_path, meta_path = cache_paths(source, tokenizer, cache_dir)
-    meta = _read_meta(bin_path, meta_path) or _write_cache(source, tokenizer, bin_path, meta_path)
+    meta = _read_meta(bin_path, meta_path)
+    if meta is None:
+        if not is_writable(cache_dir):
+            # A read-only run directory: tokenise into a private temporary folder (removed at exit), so that
+            # commands that only read still work.
+            cache_dir = _private_cache_dir()
+            bin_path, meta_path = cache_paths(source, tokenizer, cache_dir)
+            meta = _read_meta(bin_path, meta_path)
+        else:
+            with writing(cache_dir, what="token cache folder"):
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            _remove_orphans(cache_dir)
+        meta = meta or _write_cache(source, tokenizer, bin_path, meta_path)
     part = meta[split]
     if part["n_tokens"] == 0:
         return np.zeros(0, dtype=np.uint16)  # np.memmap refuses empty files/ranges
     return np.memmap(bin_path, dtype=np.uint16, mode="r", offset=2 * part["offset"], shape=(part["n_tokens"],))
+
+
+_PRIVATE_CACHE: list[Path] = []
+
+
+def _private_cache_dir() -> Path:
+    if not _PRIVATE_CACHE:
+        import atexit
+        import shutil
+
+        _PRIVATE_CACHE.append(Path(tempfile.mkdtemp(prefix="rllc-cache-")))
+        atexit.register(shutil.rmtree, _PRIVATE_CACHE[0], True)
+    return _PRIVATE_CACHE[0]
 
 
 def cache_metadata(source: str, tokenizer: Tokenizer, cache_dir: str | Path) -> dict:
@@ -192,16 +267,18 @@ class WindowDataset(Dataset):
         tokens: 1-D integer array (e.g. a uint16 memmap from :func:`tokenize_to_cache`).
         n_ctx: window length.
         name: used in error messages.
+        vocab_size: if given, every sampled batch is checked to hold ids below it (a damaged cache file).
     """
 
-    def __init__(self, tokens: np.ndarray, n_ctx: int, *, name: str = "token stream") -> None:
+    def __init__(self, tokens: np.ndarray, n_ctx: int, *, name: str = "token stream",
+                 vocab_size: int | None = None) -> None:
         if n_ctx < 1:
             raise RllcError(f"n_ctx={n_ctx} must be >= 1")
         if len(tokens) < n_ctx:
             raise RllcError(
                 f"{name} has {len(tokens)} tokens, fewer than n_ctx={n_ctx}; use a bigger corpus or smaller n_ctx"
             )
-        self.tokens, self.n_ctx, self.name = tokens, n_ctx, name
+        self.tokens, self.n_ctx, self.name, self.vocab_size = tokens, n_ctx, name, vocab_size
 
     def __getstate__(self) -> dict:
         # Pickling a memmap copies its data; DataLoader workers (spawn) would each get a full copy. A memmap
@@ -236,7 +313,12 @@ class WindowDataset(Dataset):
         idx = torch.randint(len(self), (batch_size,), generator=generator).numpy()
         # One fancy-index gather from the memmap instead of B separate slices.
         rows = (idx[:, None] * self.n_ctx + np.arange(self.n_ctx)[None, :])
-        return torch.from_numpy(np.asarray(self.tokens[rows.ravel()], dtype=np.int64).reshape(batch_size, self.n_ctx))
+        ids = np.asarray(self.tokens[rows.ravel()], dtype=np.int64).reshape(batch_size, self.n_ctx)
+        if self.vocab_size is not None and ids.size and ids.max() >= self.vocab_size:
+            where = getattr(self.tokens, "filename", None) or self.name
+            raise RllcError(f"token cache {where} holds id {int(ids.max())}, beyond the tokenizer's "
+                            f"{self.vocab_size} tokens: the cache is damaged; delete it (and its .json) and re-run")
+        return torch.from_numpy(ids)
 
 
 class SyntheticDataset(Dataset):
@@ -441,7 +523,7 @@ def _build_part(part: DataPart, tokenizer: Tokenizer, n_ctx: int, cache_dir: Pat
         length = synthetic_length if split == "train" else max(1, synthetic_length // 20)
         return SyntheticDataset(config, n_ctx, length=length, seed=stream)
     tokens = tokenize_to_cache(part.source, tokenizer, cache_dir, split=split)
-    return WindowDataset(tokens, n_ctx, name=f"{part.source} ({split} split)")
+    return WindowDataset(tokens, n_ctx, name=f"{part.source} ({split} split)", vocab_size=tokenizer.get_vocab_size())
 
 
 def build_dataset(

@@ -71,10 +71,10 @@ class SamplerConfig:
                 object.__setattr__(self, f, float(v))
         for f in ("epsilon", "nbeta", "divergence_threshold"):
             v = getattr(self, f)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise RllcError(f"sampler config: {f} must be a positive number, got {v!r}")
-        if not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
-            raise RllcError(f"sampler config: gamma must be >= 0, got {self.gamma!r}")
+            if not (isinstance(v, (int, float)) and v > 0 and (math.isfinite(v) or f == "divergence_threshold")):
+                raise RllcError(f"sampler config: {f} must be a positive finite number, got {v!r}")
+        if not (isinstance(self.gamma, (int, float)) and 0 <= self.gamma < math.inf):
+            raise RllcError(f"sampler config: gamma must be a finite number >= 0, got {self.gamma!r}")
         for f in ("chains", "draws", "steps_per_draw", "batch_size", "init_batches"):
             v = getattr(self, f)
             if not (isinstance(v, int) and v >= 1):

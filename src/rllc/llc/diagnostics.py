@@ -104,6 +104,8 @@ def diagnose(
             messages.append(f"λ̂ trace still drifts by {drift:+.3g} over the last half of the draws; "
                             "use more draws, a burn-in, or a larger ε")
     r = rhat(np.where(alive[:, None], trace, np.nan))
+    if not alive.any():
+        converged = False  # no chain left: nothing converged (R-hat is NaN)
     if dead.size:
         messages.append(f"{dead.size} of {trace.shape[0]} chains diverged (chains {dead.tolist()}); "
                         "use a smaller epsilon or a larger gamma")

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rllc._errors import RllcError  # noqa: E402
+from rllc._errors import RllcError, check_writable, writing  # noqa: E402
 from rllc.report.plots import draw_loss  # noqa: E402
 from rllc.sweep.refs import is_model_spec  # noqa: E402
 from rllc.sweep.store import ResultStore, load_results  # noqa: E402
@@ -164,7 +164,7 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
         if df.empty:
             raise RllcError(f"{d} has no LLC results{' for config ' + config_hash if config_hash else ''}; run "
                             f"`rllc sweep {d}` first")
-        configs = ResultStore(d).configs()
+        configs = ResultStore(d, readonly=True).configs()
         try:
             run = load_run(d)
         except RllcError:
@@ -172,7 +172,9 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
         out_dir = Path(out) if out is not None else d / "plots"
         if len(dirs) > 1 and out is not None:
             out_dir = out_dir / d.name
-        out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir, "cannot write the figures; pass --out a writable folder")
+        with writing(out_dir, what="figures"):
+            out_dir.mkdir(parents=True, exist_ok=True)
         head_mask = df["component"].str.fullmatch(r"\d+:\d+")
         stages = {h: _stages(g) for h, g in df.groupby("config_hash")}
         for (chash, data), g in df[head_mask].groupby(["config_hash", "data"]):

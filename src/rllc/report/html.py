@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rllc._errors import RllcError  # noqa: E402
+from rllc._errors import RllcError, check_writable, writing  # noqa: E402
 
 REPORT_NAME = "report.html"
 HEAD_MEASURES = ("prev_token_score", "current_token_score", "induction_score", "prefix_matching_score",
@@ -70,14 +70,28 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
         if not d.is_dir():
             raise RllcError(f"report: {d} is not a directory; pass run directories written by `rllc train`")
     out = Path(out) if out is not None else dirs[0] / REPORT_NAME
+    from rllc.sweep.store import STORE_NAME, ResultStore
+    from rllc.train import load_run
+
+    for d in dirs:  # a directory that is no run, or a store that is no SQLite file, fails here and not in the page
+        load_run(d)
+        if (d / STORE_NAME).exists():
+            ResultStore(d, readonly=True)
+    if out.is_dir():
+        raise RllcError(f"report: --out {out} is a folder; give the HTML file's path, e.g. {out / REPORT_NAME}")
+    check_writable(out.parent, "cannot write the report; pass --out a writable path")
     doc = _Doc()
     runs = [_RunData.load(d, _unique_name(d, dirs)) for d in dirs]
     sections = [_run_section(doc, r, prefix=f"r{i}-" if len(runs) > 1 else "", multi=len(runs) > 1)
                 for i, r in enumerate(runs)]
     if len(runs) > 1:
         sections.append(_guard(doc, "cross", "Comparison across runs", lambda: _cross_run(doc, runs)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_page(runs, sections), encoding="utf-8")
+    page = _page(runs, sections).encode("utf-8")
+    with writing(out, needed=len(page), what="report"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    from rllc.train.checkpoints import atomic_write_bytes
+
+    atomic_write_bytes(out, page)  # a full disk leaves the old report, never half a new one
     return out
 
 
@@ -225,7 +239,7 @@ class _RunData:
                                                  "valid", "config_hash", "extra"]), {}
         if (path / STORE_NAME).exists():
             try:
-                store = ResultStore(path)
+                store = ResultStore(path, readonly=True)
                 results, configs = store.frame(with_extra=True), store.configs()
             except RllcError as e:
                 errors.append(str(e))

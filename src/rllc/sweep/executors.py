@@ -54,9 +54,37 @@ class InProcessExecutor:
         self.close()
 
 
-def _init_pool_worker(threads: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make the calling process die when its parent does (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread
+    that polls the parent's pid), so a killed sweep leaves no workers behind."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:  # pragma: no cover - non-Linux
+        import time
+
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="rllc-parent-watchdog").start()
+
+
+def _init_pool_worker(threads: int, parent_pid: int | None = None) -> None:
     import torch
 
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -66,9 +94,9 @@ class PoolExecutor:
     name = "pool"
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or max(1, _cpu_count())
-        if self.workers < 1:
-            raise RllcError(f"--workers must be at least 1, got {self.workers}")
+        self.workers = max(1, _cpu_count()) if workers is None else workers
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise RllcError(f"--workers must be a positive integer, got {self.workers!r}")
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure(self) -> ProcessPoolExecutor:
@@ -77,7 +105,7 @@ class PoolExecutor:
 
             threads = max(1, _cpu_count() // self.workers)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_pool_worker, initargs=(threads,))
+                                             initializer=_init_pool_worker, initargs=(threads, os.getpid()))
         return self._pool
 
     def map(self, fn: TaskFn, tasks: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
@@ -177,6 +205,8 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int | None = None, temp_dir: str | Path | None = None,
                  max_retries: int = 3) -> None:
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise RllcError(f"--workers must be a positive integer, got {workers!r}")
         self.address = address
         self.workers = workers
         self.temp_dir = temp_dir
@@ -200,6 +230,7 @@ class RayExecutor:
 
             ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the environment was set
             ray.init(**kwargs)
+            os.chmod(temp, 0o700)  # Ray makes its temp directory world-writable (0777); inside a run dir, only ours
         else:
             ray = _import_ray()
             ray.init(address=self.address, log_to_driver=False)

@@ -88,12 +88,14 @@ def load_reference(run, spec: str):  # noqa: ANN001, ANN201 - (Run, str) -> (Tra
 
 
 def check_data_spec(run, spec: str) -> None:  # noqa: ANN001
-    """Cheap up-front validation on the driver (nothing is tokenised or loaded but a reference's config)."""
+    """Cheap up-front validation on the driver (nothing is tokenised or loaded but configs and tokenizers)."""
+    run.tokenizer  # noqa: B018 - checks tokenizer.json is the run's own (before any stored row is trusted)
     if is_model_spec(spec):
         from rllc.train import load_run
 
         ref = ModelRef.parse(spec)
         ref_run = load_run(ref.path)
+        ref_run.tokenizer  # noqa: B018 - and the reference's
         if ref_run.config.tokenizer_id != run.config.tokenizer_id:
             raise RllcError(f"reference run {ref.path} has tokenizer {ref_run.config.tokenizer_id!r} but "
                             f"{run.path} has {run.config.tokenizer_id!r}; train the reference with the same "

@@ -8,11 +8,13 @@ one store at once without corrupting it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rllc._errors import RllcError
+from rllc._errors import RllcError, is_writable, read_only_error, writing
 
 STORE_NAME = "results.sqlite"
 _SCHEMA = """
@@ -78,20 +80,55 @@ class ResultRow:
 
 
 class ResultStore:
-    """The SQLite results store of a run directory (`RUN_DIR/results.sqlite`)."""
+    """The SQLite results store of a run directory (`RUN_DIR/results.sqlite`).
 
-    def __init__(self, run_dir: str | Path) -> None:
+    Args:
+        run_dir: the run directory.
+        readonly: open for reading only (what `export`, `plot` and `report` need): works in a read-only run
+            directory. A writable store in a read-only directory is refused at once, before any work is done.
+    """
+
+    def __init__(self, run_dir: str | Path, *, readonly: bool = False) -> None:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise RllcError(f"{self.run_dir} is not a directory; results live inside a run directory")
         self.path = self.run_dir / STORE_NAME
+        self.readonly = readonly
+        if not readonly and not is_writable(self.run_dir):
+            raise read_only_error(self.run_dir, "cannot store results")
         try:
-            with self._connect() as con:
-                con.executescript(_SCHEMA)
+            with self._db() as con:
+                if readonly:
+                    con.execute("SELECT count(*) FROM results").fetchone()
+                else:
+                    with writing(self.path, what="results store"):
+                        con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise RllcError(f"results store {self.path} is not a valid SQLite file ({e}); move it aside") from None
 
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction, closed at once (an unclosed one keeps -wal/-shm files around)."""
+        con = self._connect()
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
+
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            if not self.path.is_file():
+                raise RllcError(f"{self.run_dir} has no results store ({STORE_NAME}); run `rllc sweep "
+                                f"{self.run_dir}` first")
+            uri = self.path.absolute().as_uri()
+            if is_writable(self.run_dir):  # a plain connection: it cleans up its -wal/-shm files when closed
+                return sqlite3.connect(self.path, timeout=60.0)
+            # SQLite's WAL readers need a -shm file next to the store; in a read-only folder without one the
+            # store must be read as immutable (safe: nothing can be writing it there).
+            if (self.path.parent / (STORE_NAME + "-wal")).exists():
+                return sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0)
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True)
         con = sqlite3.connect(self.path, timeout=60.0)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
@@ -99,7 +136,7 @@ class ResultStore:
 
     def put_config(self, chash: str, config: dict[str, Any]) -> None:
         """Record the config behind a hash (once)."""
-        with self._connect() as con:
+        with writing(self.path, what="results store"), self._db() as con:
             con.execute("INSERT OR IGNORE INTO configs VALUES (?, ?)", (chash, json.dumps(config, sort_keys=True)))
 
     def put_many(self, rows: Iterable[ResultRow]) -> int:
@@ -108,7 +145,8 @@ class ResultStore:
         values = [(r.step, r.component, r.data, r.measure, r.config_hash,
                    None if r.value is None else float(r.value), None if r.std is None else float(r.std),
                    int(bool(r.valid)), json.dumps(r.extra, default=_jsonable), now) for r in rows]
-        with self._connect() as con:
+        with writing(self.path, needed=sum(len(v[8]) + 100 for v in values), what="results store"), \
+                self._db() as con:
             before = con.total_changes
             con.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             return con.total_changes - before
@@ -119,13 +157,13 @@ class ResultStore:
     def done_keys(self, measure: str | None = None) -> set[tuple[int, str, str, str, str]]:
         """Keys already stored (optionally for one measure)."""
         q = "SELECT step, component, data, measure, config_hash FROM results"
-        with self._connect() as con:
+        with self._db() as con:
             rows = con.execute(q + (" WHERE measure = ?" if measure else ""), (measure,) if measure else ()).fetchall()
         return {tuple(r) for r in rows}
 
     def extra(self, key: tuple[int, str, str, str, str]) -> dict[str, Any]:
         """The JSON extras of one row."""
-        with self._connect() as con:
+        with self._db() as con:
             r = con.execute("SELECT extra FROM results WHERE step=? AND component=? AND data=? AND measure=? "
                             "AND config_hash=?", key).fetchone()
         if r is None:
@@ -133,13 +171,13 @@ class ResultStore:
         return json.loads(r[0])
 
     def configs(self) -> dict[str, dict[str, Any]]:
-        with self._connect() as con:
+        with self._db() as con:
             return {h: json.loads(c) for h, c in con.execute("SELECT config_hash, config FROM configs")}
 
     def frame(self, *, with_extra: bool = False) -> pd.DataFrame:
         """All rows as a tidy long-form DataFrame (columns COLUMNS, plus `extra` dicts if asked)."""
         cols = "step, component, data, measure, value, std, valid, config_hash" + (", extra" if with_extra else "")
-        with self._connect() as con:
+        with self._db() as con:
             df = pd.read_sql_query(f"SELECT {cols} FROM results ORDER BY measure, data, component, step", con)
         df.insert(0, "run", self.run_dir.name)
         df["valid"] = df["valid"].astype(bool)
@@ -160,7 +198,7 @@ def load_results(run_dir: str | Path | Iterable[str | Path], *, with_extra: bool
     for d in dirs:
         if not (Path(d) / STORE_NAME).exists():
             raise RllcError(f"{d} has no results store ({STORE_NAME}); run `rllc sweep {d}` first")
-        frames.append(ResultStore(d).frame(with_extra=with_extra))
+        frames.append(ResultStore(d, readonly=True).frame(with_extra=with_extra))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
@@ -181,28 +219,36 @@ def export_results(run_dir: str | Path | Iterable[str | Path], out: str | Path |
     df = load_results(dirs)
     cfgs: dict[str, dict[str, Any]] = {}
     for d in dirs:
-        cfgs |= ResultStore(d).configs()
+        cfgs |= ResultStore(d, readonly=True).configs()
     flat = {h: _flatten(c) for h, c in cfgs.items()}
     keys = sorted({k for c in flat.values() for k in c})
     for k in keys:
         df["cfg_" + k] = df["config_hash"].map(lambda h, k=k: flat.get(h, {}).get(k))
     out_dir = Path(out) if out is not None else Path(dirs[0])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    formats = list(formats)
+    if unknown := [f for f in formats if f not in ("csv", "parquet")]:
+        raise RllcError(f"unknown export format {unknown[0]!r}; choose csv or parquet")
+    if "parquet" in formats:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise RllcError("Parquet export needs pyarrow: pip install 'rllc[export]' (or pass formats=['csv'])") \
+                from None
+    if not is_writable(out_dir):
+        raise read_only_error(out_dir, "cannot export; pass --out a writable folder")
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
-        if fmt == "csv":
-            p = out_dir / "results.csv"
-            df.to_csv(p, index=False)
-        elif fmt == "parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise RllcError("Parquet export needs pyarrow: pip install 'rllc[export]' (or pass formats=['csv'])") \
-                    from None
-            p = out_dir / "results.parquet"
-            df.to_parquet(p, index=False)
-        else:
-            raise RllcError(f"unknown export format {fmt!r}; choose csv or parquet")
+        p = out_dir / f"results.{fmt}"
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")  # a full disk leaves the old export, never half a new one
+        try:
+            with writing(p, what="export"):
+                df.to_csv(tmp, index=False) if fmt == "csv" else df.to_parquet(tmp, index=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, p)
         written.append(p)
     return written
 

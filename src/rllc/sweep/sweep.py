@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rllc._errors import RllcError
+from rllc._errors import DiskFullError, RllcError
 from rllc.llc.config import SamplerConfig
 from rllc.sweep.refs import check_data_spec, split_data_specs
 from rllc.sweep.store import ResultRow, ResultStore, config_hash
 
 MEASURE = "llc"
+# A full disk at the end of a sweep: the driver holds the computed rows and retries this often before giving up.
+_FULL_DISK_RETRIES = 6
+_FULL_DISK_WAIT_S = 10.0
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -175,6 +179,8 @@ def expand_components(spec: str | Sequence[str], model_cfg) -> list[str]:  # noq
         raise RllcError("no components given; try --components heads,all")
     out: list[str] = []
     for p in parts:
+        if any(not x.strip() for x in p.split("+")):
+            raise RllcError(f"component {p!r} has an empty part; write a union as a+b (e.g. 0:0+0:1)")
         for name in (heads(model_cfg) if p == "heads" else [p]):
             Component.parse(model_cfg, name.split("+"))  # raises RllcError for unknown names
             if name not in out:
@@ -420,14 +426,41 @@ def run_plan(plan: Plan, executor=None, *, progress: bool = True,  # noqa: ANN00
             yield left
 
     computed = 0
+    held: list[tuple[Task, list[ResultRow]]] = []  # computed, not yet stored (the disk was full)
+
+    def store_held() -> None:
+        nonlocal computed
+        while held:
+            computed += stores[held[0][0].run_dir].put_many(held[0][1])  # DiskFullError leaves it held
+            held.pop(0)
+
     try:
         for task, rows in executor.map(task_fn, fresh(pending)):
-            computed += stores[task.run_dir].put_many(rows)
+            held.append((task, rows))
+            try:
+                store_held()
+            except DiskFullError as e:  # keep computing; every later task retries the write
+                if bar is not None:
+                    bar.write(f"rllc: {e}; {sum(len(r) for _, r in held)} results held in memory, retried after "
+                              "the next task")
             if bar is not None:
                 bar.update(len(rows))
                 last = next((r for r in rows if r.value is not None), None)
                 if last is not None:
                     bar.set_postfix_str(f"step {task.step} {task.data[:20]} {last.component} λ̂={last.value:.3g}")
+        for attempt in range(_FULL_DISK_RETRIES + 1):
+            try:
+                store_held()
+                break
+            except DiskFullError as e:
+                if attempt == _FULL_DISK_RETRIES:
+                    n = sum(len(r) for _, r in held)
+                    raise DiskFullError(f"{e}. {n} computed results could not be stored and are lost; {computed} "
+                                        "were stored. After freeing space the same sweep computes only those") \
+                        from None
+                print(f"rllc: {e}; {sum(len(r) for _, r in held)} results held in memory: retrying in "
+                      f"{_FULL_DISK_WAIT_S:g} s (free space now)", file=sys.stderr)
+                time.sleep(_FULL_DISK_WAIT_S)
     finally:
         if bar is not None:
             bar.close()

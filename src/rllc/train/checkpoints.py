@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from rllc._errors import RllcError
+from rllc._errors import RllcError, writing
 from rllc.model.config import ModelConfig
 from rllc.model.transformer import Transformer
 
@@ -24,10 +24,14 @@ from rllc.model.transformer import Transformer
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with writing(path, needed=len(data)), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -38,7 +42,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors atomically."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        with writing(path, needed=sum(v.nbytes for v in tensors.values()), what="checkpoint"):
+            save_file(tensors, str(tmp), metadata=meta)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -55,13 +65,47 @@ def load_tensors(path: Path, *, with_metadata: bool = False):  # noqa: ANN201
         raise RllcError(f"checkpoint file {path} is truncated or corrupted ({e}); delete it and re-run") from None
 
 
-def read_json(path: Path, what: str = "file") -> Any:
+def read_json(path: Path, what: str = "file", expect: type = dict) -> Any:
+    """The JSON in `path`, which must be a `expect` (an object by default); RllcError naming the file otherwise."""
     if not path.is_file():
         raise RllcError(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RllcError(f"{what} {path} is not valid JSON ({e}); it may be truncated") from None
+    if not isinstance(obj, expect):
+        raise RllcError(f"{what} {path} holds a JSON {type(obj).__name__}, not an {expect.__name__}; it was "
+                        "overwritten by something else: restore it or delete it and re-run")
+    return obj
+
+
+def read_jsonl(path: Path, what: str = "log", *, repair: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a line-per-record log. A torn last line (a kill or a full disk mid-write) is dropped,
+    and with `repair` cut from the file; a bad line elsewhere is an RllcError."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows, good_bytes = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1:]):  # the last record: torn
+                if repair:
+                    with writing(path), open(path, "r+b") as f:
+                        f.truncate(good_bytes)
+                return rows
+            raise RllcError(f"{what} {path} line {i + 1} is not a JSON object; delete that line and re-run") \
+                from None
+        rows.append(row)
+        good_bytes += len(line) + 1
+    return rows
 
 
 def check_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, source: Path | str) -> None:

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from rllc._errors import RllcError
 from rllc.model.config import ModelConfig
+
+
+def checkpoint_schedule(total_steps: int, spec: str = "paper") -> list[int]:
+    """The steps at which checkpoints are written (always including 0 and the last step).
+
+    "paper" scales the paper's 107-checkpoint schedule for 50k steps (0, 100, every 200 to 10k, every 400 to
+    20k, every 1,000 to 50k) to `total_steps`, dense early where the model changes fastest.
+    """
+    if spec == "paper":
+        s = total_steps / 50_000
+        marks = [0.0, 100.0, *range(200, 10_001, 200), *range(10_400, 20_001, 400), *range(21_000, 50_001, 1000)]
+        steps = {round(m * s) for m in marks}
+    elif spec.startswith("every:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise RllcError(f"bad checkpoint schedule {spec!r}; use 'every:N' with an integer N") from None
+        if n < 1:
+            raise RllcError(f"bad checkpoint schedule {spec!r}: N must be positive")
+        steps = set(range(0, total_steps + 1, n))
+    else:
+        try:
+            steps = {int(x) for x in spec.split(",") if x.strip()}
+        except ValueError:
+            raise RllcError(f"bad checkpoint schedule {spec!r}; use 'paper', 'every:N' or 'S1,S2,...'") from None
+        if outside := sorted(x for x in steps if not 0 <= x <= total_steps):
+            raise RllcError(f"checkpoint step {outside[-1]} in {spec!r} is outside 0..{total_steps} (--steps)")
+    steps |= {0, total_steps}
+    return sorted(x for x in steps if 0 <= x <= total_steps)
 
 
 @dataclass(frozen=True)
@@ -31,10 +61,43 @@ class TrainConfig:
     checkpoints: str = "paper"  # "paper" (the paper's schedule scaled to `steps`), "every:N", or "S1,S2,..."
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise RllcError(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
+        """Every field checked here, so a bad value fails before anything is written."""
+        def bad(name: str, want: str) -> RllcError:
+            flag = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "vocab_size": "--vocab-size"}
+            return RllcError(f"training config: {name} ({flag.get(name, name)}) must be {want}, got "
+                             f"{getattr(self, name)!r}")
+
+        def integer(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def number(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for name in ("steps", "batch_size", "eval_batches", "log_every", "tokenizer_chars"):
+            if not integer(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        for name in ("warmup_steps", "seed"):
+            if not integer(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "a non-negative integer")
+        if not number(self.lr) or self.lr <= 0:
+            raise bad("lr", "a positive finite number")
+        for name in ("weight_decay", "grad_clip"):
+            if not number(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "a finite number >= 0")
+        if not integer(self.vocab_size) or not 257 <= self.vocab_size <= 65536:
+            raise bad("vocab_size", "an integer from 257 (256 bytes + <|endoftext|>) to 65536 (uint16 caches)")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2 or \
+                not all(number(b) and 0 <= b < 1 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1)")
         if self.schedule not in ("constant", "cosine"):
             raise RllcError(f"unknown lr schedule {self.schedule!r}; use 'constant' or 'cosine'")
+        if not isinstance(self.data, str) or not isinstance(self.checkpoints, str):
+            raise RllcError(f"training config: data and checkpoints must be strings, got {self.data!r}, "
+                            f"{self.checkpoints!r}")
+        from rllc.data.dataset import parse_data_spec
+
+        parse_data_spec(self.data)  # unknown names and bad weights
+        checkpoint_schedule(self.steps, self.checkpoints)
         object.__setattr__(self, "betas", tuple(self.betas))
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +105,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := set(d) - known:
+            raise RllcError(f"training config has unknown fields {sorted(unknown)}; was it written by a newer rllc?")
         return cls(**d)
 
 
@@ -90,30 +156,3 @@ def preset(name: str, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
     model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in overrides.items() if k in mfields})
     train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in overrides.items() if k in tfields})
     return model_cfg, train_cfg
-
-
-def checkpoint_schedule(total_steps: int, spec: str = "paper") -> list[int]:
-    """The steps at which checkpoints are written (always including 0 and the last step).
-
-    "paper" scales the paper's 107-checkpoint schedule for 50k steps (0, 100, every 200 to 10k, every 400 to
-    20k, every 1,000 to 50k) to `total_steps`, dense early where the model changes fastest.
-    """
-    if spec == "paper":
-        s = total_steps / 50_000
-        marks = [0.0, 100.0, *range(200, 10_001, 200), *range(10_400, 20_001, 400), *range(21_000, 50_001, 1000)]
-        steps = {round(m * s) for m in marks}
-    elif spec.startswith("every:"):
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise RllcError(f"bad checkpoint schedule {spec!r}; use 'every:N' with an integer N") from None
-        if n < 1:
-            raise RllcError(f"bad checkpoint schedule {spec!r}: N must be positive")
-        steps = set(range(0, total_steps + 1, n))
-    else:
-        try:
-            steps = {int(x) for x in spec.split(",") if x.strip()}
-        except ValueError:
-            raise RllcError(f"bad checkpoint schedule {spec!r}; use 'paper', 'every:N' or 'S1,S2,...'") from None
-    steps |= {0, total_steps}
-    return sorted(x for x in steps if 0 <= x <= total_steps)

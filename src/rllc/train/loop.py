@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rllc import __version__
-from rllc._errors import RllcError
+from rllc._errors import RllcError, check_writable, writing
 from rllc.model.config import ModelConfig
 from rllc.model.transformer import Transformer
-from rllc.train.checkpoints import atomic_write_json, load_tensors, read_json, save_tensors
+from rllc.train.checkpoints import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_jsonl, save_tensors
 from rllc.train.config import TrainConfig, checkpoint_schedule
 from rllc.train.run import Run, RunConfig, checkpoint_name, load_run
 
@@ -49,8 +51,14 @@ def _lr_lambda(cfg: TrainConfig):  # noqa: ANN202
     return f
 
 
-def _prepare_dir(out: Path, run_cfg: RunConfig) -> None:
-    """Create the run directory, or check that an existing one was made by the same command."""
+_PREPARED = {"tokenizer.json", "data"}  # what a fresh run directory may hold before its run.json is written
+
+
+def _check_dir(out: Path, run_cfg: RunConfig) -> dict | None:
+    """Check, writing nothing, that `out` is new, empty, prepared (a supplied tokenizer.json, token caches) or
+    holds this same run. Returns the saved run.json of a run to resume, else None."""
+    if out.exists() and not out.is_dir():
+        raise RllcError(f"--out {out} is a file, not a directory; pick a new --out")
     if (out / "run.json").exists():
         saved = read_json(out / "run.json", "run config")
         mine = json.loads(json.dumps(run_cfg.to_dict()))  # tuples become lists, as in the saved file
@@ -58,27 +66,35 @@ def _prepare_dir(out: Path, run_cfg: RunConfig) -> None:
             raise RllcError(
                 f"{out} holds a run with a different config; resume it with the same flags or pick another --out"
             )
-        return
-    if out.exists() and any(p.name != "tokenizer.json" for p in out.iterdir()):  # a supplied tokenizer is fine
+        check_writable(out, "cannot resume training")
+        return saved
+    if out.exists() and any(p.name not in _PREPARED for p in out.iterdir()):
         raise RllcError(f"{out} exists and is not an rllc run directory; pick an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "cannot create the run directory")
+    return None
 
 
-def _tokenizer(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):  # noqa: ANN202
-    from rllc.data import corpus_texts_for_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+def _tokenizer(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, saved: dict | None):  # noqa: ANN202
+    """The run's tokenizer: the saved one (checked against run.json), a supplied one, or a BPE trained now (kept
+    in memory: the caller saves it once the run directory is committed)."""
+    from rllc.data import corpus_texts_for_tokenizer, load_tokenizer, train_tokenizer
+    from rllc.train.run import checked_tokenizer
 
     path = out / "tokenizer.json"
+    if saved is not None:
+        return checked_tokenizer(path, RunConfig.from_dict(saved, out / "run.json"))
     if path.exists():
         tok = load_tokenizer(path)
-    else:
-        texts = corpus_texts_for_tokenizer(train_cfg.data, max_chars=train_cfg.tokenizer_chars)
-        tok = train_tokenizer(texts, train_cfg.vocab_size)
-        save_tokenizer(tok, path)
+        if tok.get_vocab_size() != model_cfg.d_vocab:
+            raise RllcError(f"the supplied tokenizer {path} has {tok.get_vocab_size()} tokens but --vocab-size is "
+                            f"{model_cfg.d_vocab}; pass --vocab-size {tok.get_vocab_size()}")
+        return tok
+    texts = corpus_texts_for_tokenizer(train_cfg.data, max_chars=train_cfg.tokenizer_chars)
+    tok = train_tokenizer(texts, train_cfg.vocab_size)
     if tok.get_vocab_size() != model_cfg.d_vocab:
-        raise RllcError(
-            f"tokenizer {path} has {tok.get_vocab_size()} tokens but the model's d_vocab is {model_cfg.d_vocab}; "
-            "set --vocab-size to match or use a new --out"
-        )
+        raise RllcError(f"the text of --data {train_cfg.data!r} is too small for a {train_cfg.vocab_size}-token BPE "
+                        f"vocabulary: training stopped at {tok.get_vocab_size()} tokens (no pair of tokens left to "
+                        f"merge); use --vocab-size {tok.get_vocab_size()} or less, or more text")
     return tok
 
 
@@ -96,12 +112,21 @@ def _save_state(out: Path, step: int, model: Transformer, opt: torch.optim.Optim
 
 
 def _load_state(out: Path, model: Transformer, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
-    """Restore the state saved at the last checkpoint; returns its step (0 when starting fresh)."""
+    """Restore the state saved at the last checkpoint; returns its step (0 when starting fresh).
+
+    If that checkpoint is gone (deleted after an error said it was corrupt), training restarts from step 0:
+    training is deterministic, so the checkpoints before it are recomputed bit for bit.
+    """
     path = out / "state" / "resume.safetensors"
     if not path.exists():
         return 0
     tensors, meta = load_tensors(path, with_metadata=True)
     step = int(meta["step"])
+    ckpt = out / "checkpoints" / checkpoint_name(step)
+    if not (ckpt.with_suffix(".json").exists() and ckpt.with_suffix(".safetensors").exists()):
+        print(f"rllc: note: checkpoint {ckpt.name} of the saved optimizer state is gone; retraining from step 0 "
+              "(deterministic: earlier checkpoints come out identical)", file=sys.stderr)
+        return 0
     model.load_state_dict(load_tensors(out / "checkpoints" / f"{checkpoint_name(step)}.safetensors"))
     gen.set_state(tensors["rng.data"])
     for name, p in model.named_parameters():
@@ -147,15 +172,30 @@ def train_model(
     out = Path(out)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RllcError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    _prepare_dir(out, RunConfig(model_cfg, train_cfg))
-    tok = _tokenizer(out, model_cfg, train_cfg)
+    checkpoint_schedule(train_cfg.steps, train_cfg.checkpoints)  # configs validate themselves; this too, early
+    saved = _check_dir(out, RunConfig(model_cfg, train_cfg))
+    tok = _tokenizer(out, model_cfg, train_cfg, saved)
     run_cfg = RunConfig(model_cfg, train_cfg, tokenizer_id(tok))
-    if not (out / "run.json").exists():
-        atomic_write_json(out / "run.json", {**run_cfg.to_dict(), "rllc_version": __version__})
+    # A new run directory is committed by its run.json, written once the data are tokenised: an error before it
+    # (a corpus too small, a full disk) removes what this call created, so the corrected command starts clean.
+    existed = out.exists()
+    had_data = (out / "data").exists()
+    try:
+        data_kw = dict(n_ctx=model_cfg.n_ctx, cache_dir=out / "data", seed=train_cfg.seed)
+        train_ds = build_dataset(train_cfg.data, tok, split="train", **data_kw)
+        val_ds = build_dataset(train_cfg.data, tok, split="val", **data_kw)
+        if saved is None:
+            if not (out / "tokenizer.json").exists():
+                with writing(out / "tokenizer.json", what="tokenizer"):
+                    tok.save(str(out / "tokenizer.json"))
+            atomic_write_json(out / "run.json", {**run_cfg.to_dict(), "rllc_version": __version__})
+    except RllcError:
+        if saved is None and not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        elif saved is None and not had_data:
+            shutil.rmtree(out / "data", ignore_errors=True)
+        raise
     (out / "checkpoints").mkdir(exist_ok=True)
-    data_kw = dict(n_ctx=model_cfg.n_ctx, cache_dir=out / "data", seed=train_cfg.seed)
-    train_ds = build_dataset(train_cfg.data, tok, split="train", **data_kw)
-    val_ds = build_dataset(train_cfg.data, tok, split="val", **data_kw)
 
     model = Transformer(model_cfg, seed=train_cfg.seed).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
@@ -166,9 +206,9 @@ def train_model(
     schedule = set(checkpoint_schedule(train_cfg.steps, train_cfg.checkpoints))
     tokens_per_step = train_cfg.batch_size * model_cfg.n_ctx
     metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():  # drop log lines past the checkpoint we resume from
-        keep = [l for l in metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start]
-        metrics_path.write_text("".join(k + "\n" for k in keep))
+    if metrics_path.exists():  # drop log lines past the checkpoint we resume from (and a torn last line)
+        keep = [r for r in read_jsonl(metrics_path, "training log") if r.get("step", 0) <= start]
+        atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
     def checkpoint(step: int, train_loss: float | None) -> float:
         val_loss = _evaluate(model, val_ds, train_cfg, device)
@@ -189,7 +229,7 @@ def train_model(
     since_ckpt: list[float] = []
     val_loss = float("nan")
     t0 = time.perf_counter()
-    with open(metrics_path, "a") as log:
+    with writing(metrics_path, what="training log"), open(metrics_path, "a") as log:
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = train_cfg.lr * lr_at(step - 1)

@@ -12,7 +12,6 @@ Layout (every file is safetensors or JSON; nothing is pickled):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from rllc._errors import RllcError
 from rllc.model.config import ModelConfig
 from rllc.model.transformer import Transformer
-from rllc.train.checkpoints import load_model, read_json
+from rllc.train.checkpoints import load_model, read_json, read_jsonl
 from rllc.train.config import TrainConfig
 
 RUN_FORMAT = "rllc-run/1"
@@ -52,8 +51,11 @@ class RunConfig:
             raise RllcError(f"{source} has format {d.get('format')!r}, expected {RUN_FORMAT!r}")
         try:
             return cls(ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("tokenizer_id", ""))
-        except (KeyError, TypeError) as e:
+        except RllcError as e:
             raise RllcError(f"{source} is not a valid run config ({e})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RllcError(f"{source} is not a valid run config ({type(e).__name__}: {e}); restore it from the "
+                            "run's checkpoints' metadata or re-train") from None
 
 
 @dataclass
@@ -84,13 +86,7 @@ class Run:
     def tokenizer(self):  # noqa: ANN201 - tokenizers.Tokenizer
         from rllc.data import load_tokenizer
 
-        tok = load_tokenizer(self.path / "tokenizer.json")
-        if tok.get_vocab_size() != self.config.model.d_vocab:
-            raise RllcError(
-                f"tokenizer {self.path / 'tokenizer.json'} has {tok.get_vocab_size()} tokens but the model's "
-                f"vocabulary is {self.config.model.d_vocab}; the run directory mixes two runs"
-            )
-        return tok
+        return checked_tokenizer(self.path / "tokenizer.json", self.config)
 
     def checkpoint_path(self, step: int) -> Path:
         return self.path / "checkpoints" / f"{checkpoint_name(step)}.safetensors"
@@ -124,10 +120,8 @@ class Run:
         return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
 
     def metrics(self) -> pd.DataFrame:
-        """Training-loss log: step, train_loss."""
-        p = self.path / "metrics.jsonl"
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
-        return pd.DataFrame(rows, columns=["step", "train_loss"])
+        """Training-loss log: step, train_loss (a torn last line, from a kill mid-write, is left out)."""
+        return pd.DataFrame(read_jsonl(self.path / "metrics.jsonl", "training log"), columns=["step", "train_loss"])
 
     def dataset(self, spec: str | None = None, split: str = "val"):  # noqa: ANN201 - a Dataset with sample_batch
         """A data set tokenised with this run's tokenizer (cached in the run directory).
@@ -154,6 +148,21 @@ class Run:
             split: "train" (default, as the paper's L_n) or "val".
         """
         return self.dataset(spec, split=split).sample_batch(n, torch.Generator().manual_seed(seed))
+
+
+def checked_tokenizer(path: Path, config: RunConfig):  # noqa: ANN201 - tokenizers.Tokenizer
+    """The tokenizer at `path`, checked to be the one `config` was trained with (its id, else its size)."""
+    from rllc.data import load_tokenizer, tokenizer_id
+
+    tok = load_tokenizer(path)
+    if config.tokenizer_id and tokenizer_id(tok) != config.tokenizer_id:
+        raise RllcError(f"tokenizer {path} (id {tokenizer_id(tok)}) is not the tokenizer this run was trained with "
+                        f"(run.json records {config.tokenizer_id}); it was replaced: put the run's own tokenizer.json "
+                        "back")
+    if tok.get_vocab_size() != config.model.d_vocab:
+        raise RllcError(f"tokenizer {path} has {tok.get_vocab_size()} tokens but the model's vocabulary is "
+                        f"{config.model.d_vocab}; the run directory mixes two runs")
+    return tok
 
 
 def load_run(path: str | Path) -> Run:
