@@ -41,3 +41,27 @@ def test_argument_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_hessian_flags_set_the_chosen_measures_settings():
+    from rllc._errors import RllcError
+    from rllc.analysis.hessian import FIM_DEFAULT, HessianConfig, RankConfig
+    from rllc.cli import _hessian_config
+
+    def cfg(*flags):
+        return _hessian_config(build_parser().parse_args(["hessian", "RUN", *flags]))
+
+    assert cfg() == cfg("--measure", "rank") and cfg().trace == HessianConfig() and cfg().fim == FIM_DEFAULT
+    trace = cfg("--probes", "3", "--samples", "7", "--seed", "5")
+    assert (trace.trace.n_probes, trace.trace.n_samples, trace.trace.seed) == (3, 7, 5)
+    assert trace.rank == RankConfig() and trace.fim == FIM_DEFAULT  # only the chosen measure changes
+    fim = cfg("--measure", "fim", "--probes", "4", "--reuse-fim-samples")
+    assert fim.fim.n_probes == 4 and fim.fim.n_samples == FIM_DEFAULT.n_samples and fim.reuse_fim_samples
+    rank = cfg("--measure", "rank", "--degree", "9", "--strategy", "adaptive", "--range=-5,50", "--threshold",
+               "2")
+    assert (rank.rank.degree, rank.rank.strategy, rank.rank.range, rank.rank.threshold) == (9, "adaptive",
+                                                                                            (-5.0, 50.0), 2.0)
+    paper = cfg("--measure", "rank", "--rank-preset", "paper-fixed", "--probes", "2")
+    assert paper.rank == RankConfig.paper_fixed(n_probes=2)  # a flag replaces one setting of the preset
+    with pytest.raises(RllcError, match="--degree"):
+        cfg("--degree", "9")
