@@ -212,7 +212,7 @@ def test_transformer_head_component_and_next_token_loss():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     res = estimate_llc(model, tokens, component="0:1", chains=2, draws=10, batch_size=4, init_batches=2)
     assert np.isfinite(res.mean) and res.loss_trace.shape == (2, 10)
-    assert res.init_loss == pytest.approx(float(next_token_loss(model, tokens)), abs=0.15)  # 2 batches of 4
+    assert res.init_loss == pytest.approx(float(next_token_loss(model, tokens).detach()), abs=0.15)  # 2 batches of 4
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     many = estimate_llc_many(model, tokens, ["0:0", "0:1"], chains=2, draws=10, batch_size=4, init_batches=2)
     assert [r.component for r in many] == ["0:0", "0:1"]
@@ -437,3 +437,66 @@ def test_every_strategy_walks_the_same_chains(paired):
             np.testing.assert_allclose(runs[b][q].loss_trace, runs[False][q].loss_trace, rtol=0, atol=2e-5)
             np.testing.assert_allclose(runs[b][q].per_chain, runs[False][q].per_chain, rtol=1e-4, atol=1e-3)
     assert np.isfinite(runs[False][1].loss_trace).all()
+
+
+def test_rmsprop_kernel_matches_a_hand_computed_step_and_is_hashed():
+    from rllc.llc.kernels import rmsprop_sgld as k
+
+    w, g, xi, w0 = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 1.0]]), torch.tensor([[0.3, -1.0]]), \
+        torch.tensor([0.0, -1.0])
+    h = k.hyper(0.01, 30.0, 200.0, {"alpha": 0.9, "eps": 0.1})
+    state, info = k.step(k.init(w), g, xi, w0, None, h)
+    v = 0.1 * g**2  # V_1 = (1 − α) g², from V_0 = 0
+    G = 1 / (v.sqrt() + 0.1)
+    expect = w + 0.005 * G * (-30 * g - 200 * (w - w0)) + (0.01 * G).sqrt() * xi
+    torch.testing.assert_close(state.position, expect)
+    torch.testing.assert_close(state.square_avg, v)
+    a = SamplerConfig(sampler="rmsprop_sgld")
+    assert a.settings() == {"alpha": 0.99, "eps": 0.1}
+    assert a.config_hash() != SamplerConfig().config_hash()
+    assert a.config_hash() != SamplerConfig(sampler="rmsprop_sgld", sampler_settings={"alpha": 0.9}).config_hash()
+    assert SamplerConfig.from_dict(a.to_dict()) == a and a.replace(sampler="sgld") == SamplerConfig()
+    with pytest.raises(RllcError, match="no setting"):
+        SamplerConfig(sampler="rmsprop_sgld", sampler_settings={"beta": 1.0})
+    with pytest.raises(RllcError, match="unknown sampler"):
+        SamplerConfig(sampler="hmc")
+
+
+def test_observables_stream_bounded_moments():
+    # Per-sample losses on a fixed evaluation set at every draw: running mean/variance/covariance per chain equal
+    # the moments of the draws, and their memory does not grow with the number of draws.
+    from rllc.llc import Observe
+    from rllc.llc.observe import Moments
+
+    model, X, y = _regression()
+
+    def per_sample(m, batch):
+        x, yy = batch
+        return 0.5 * (m(x)[:, 0] - yy) ** 2
+
+    res = estimate_llc(model, (X, y), loss_fn=_mse, **FAST, observe=Observe(per_sample, eval_data=(X[:10], y[:10]),
+                                                                            minibatch=True))
+    ob = res.observed
+    assert ob.draws == FAST["draws"] and ob.eval_mean.shape == (FAST["chains"], 10)
+    assert np.all(ob.eval_var >= 0) and ob.eval_cov.shape == (FAST["chains"], 10)
+    with torch.no_grad():
+        at_star = per_sample(model, (X[:10], y[:10])).numpy()
+    np.testing.assert_allclose(ob.eval_at_anchor, at_star, rtol=1e-6)
+    assert np.all(ob.eval_mean.mean(0) >= at_star - 1e-9)  # w* is the least-squares minimum of the full data
+    assert np.allclose(ob.minibatch_mean, res.loss_trace.mean(axis=1), rtol=1e-5)  # mean per-sample = batch loss
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((50, 3, 7)), rng.standard_normal((50, 3))
+    m = Moments(3, 7)
+    for x, yy in zip(xs, ys):
+        m.update(x, yy)
+    np.testing.assert_allclose(m.mean, xs.mean(0))
+    np.testing.assert_allclose(m.var, xs.var(0, ddof=1))
+    cov = ((xs - xs.mean(0)) * (ys - ys.mean(0))[:, :, None]).sum(0) / 49
+    np.testing.assert_allclose(m.cov_with_loss, cov)
+    # 10k observed tokens × 4 chains: the accumulators hold 3·4·10k float64 ≈ 1 MB whatever the draws (200 draws
+    # stored raw would be 64 MB); bounded far below a few hundred MB.
+    big = Moments(4, 10_000)
+    before = big.nbytes()
+    for _ in range(200):
+        big.update(np.ones((4, 10_000)), np.ones(4))
+    assert big.nbytes() == before < 2_000_000

@@ -20,6 +20,28 @@ from rllc.llc import estimate_llc, estimate_llc_many
 
 DUMMY = torch.zeros(1)  # losses below ignore the data: one sample, full batch
 
+# Both kernels, the same tolerances. RMSProp-SGLD's step is ε·G with G = 1/(sqrt(V) + ϵ) ≤ 1/ϵ = 10 at devinterp's
+# defaults (α 0.99, ϵ 0.1), so it runs at ε/10: its largest effective step is SGLD's, and the discretisation
+# corrections below stay bounds.
+KERNELS = [pytest.param("sgld", id="sgld"), pytest.param("rmsprop_sgld", id="rmsprop")]
+EPS_SCALE = {"sgld": 1.0, "rmsprop_sgld": 0.1}
+
+
+def _kernel(sampler: str, eps: float) -> dict:
+    return dict(sampler=sampler, epsilon=eps * EPS_SCALE[sampler])
+
+
+# RMSProp-SGLD at devinterp's defaults misses these at SGLD's tolerance, upward: the regular d = 2 case reads
+# 1.079 ± 0.038 (+8%) and is the same with 5× the burn-in (1.082 ± 0.036), but 1.035 ± 0.033 with α = 0.999 — the
+# bias comes from the preconditioner adapting to the chain's own recent position (no Γ correction term, as in
+# devinterp), not from mixing. Strict: these fail the test run the day they pass.
+RMSPROP_MISS = "RMSProp-SGLD (α 0.99, ϵ 0.1) is biased upward by its state-dependent preconditioner; docs/llc.md"
+
+
+def _expect_miss(request, sampler: str) -> None:
+    if sampler == "rmsprop_sgld":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=RMSPROP_MISS))
+
 
 def _whitened_regression(d: int, n: int, h: np.ndarray, seed: int, k: int | None = None):
     """Inputs X (n, d) with XᵀX/n = diag(h) exactly (or confined to the first k coordinates); noisy targets."""
@@ -56,14 +78,17 @@ def _check(res, target: float, rel: float, exact: float | None = None) -> None:
         assert abs(res.mean - exact) <= 4 * se + 0.01 * abs(exact), (res.mean, se, exact)
 
 
+@pytest.mark.parametrize("sampler", KERNELS)
 @pytest.mark.parametrize("d", [2, 5, 12])
-def test_regular_model_gives_half_the_dimension(d):
+def test_regular_model_gives_half_the_dimension(d, sampler, request):
+    if d != 5:
+        _expect_miss(request, sampler)
     h = np.linspace(1.0, 2.0, d)
     model, data = _whitened_regression(d, 64, h, seed=d)
     nbeta, gamma = 2000.0, 1.0
     eps = 0.04 / (nbeta * h.max() + gamma)
-    res = estimate_llc(model, data, loss_fn=_mse, nbeta=nbeta, gamma=gamma, epsilon=eps, chains=200,
-                       burn_in=200, draws=400, batch_size=64, seed=d)
+    res = estimate_llc(model, data, loss_fn=_mse, nbeta=nbeta, gamma=gamma, chains=200,
+                       burn_in=200, draws=400, batch_size=64, seed=d, **_kernel(sampler, eps))
     _, disc = _gauss_exact(h, nbeta, gamma, eps)
     _check(res, d / 2, 0.05, disc)
 
@@ -83,13 +108,14 @@ RRR_SLOW = RRR_FAST + [(3, 2, 3, 1), (2, 2, 6, 1), (6, 2, 2, 1)]
 RRR_SETTINGS = dict(nbeta=100.0, gamma=1.0, epsilon=5e-4, chains=64, burn_in=2000, draws=2000)
 
 
-def _rrr(configs, **settings):
+def _rrr(configs, sampler="sgld", **settings):
     # u-units: γ = 1, so nβ is N_eff = nβ/γ² of the reduced quartic problem. At N_eff = 100 the m = 1 cases are
     # within ~3%; an odd case has m = 2 and sits about 1/log(nβ) below λ (< 5% for λ ≥ 7). The flat directions
     # relax at the prior's pace εγ/2 per step: 2000 steps of burn-in at ε = 5e-4 is past the rise (see the
     # windowed traces in docs/llc.md). All problems share two padded tensors and run as one batched sampler.
     model = PaddedRRR(configs)
     settings = {**RRR_SETTINGS, **settings}
+    settings |= _kernel(sampler, settings["epsilon"])
     results = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(configs))],
                                 loss_fn=module_loss, batch_size=1, **settings)
     for cfg, res in zip(configs, results):
@@ -105,8 +131,10 @@ def _rrr(configs, **settings):
     return results
 
 
-def test_reduced_rank_regression_matches_aoyagi_watanabe():
-    _rrr(RRR_FAST)
+@pytest.mark.parametrize("sampler", KERNELS)
+def test_reduced_rank_regression_matches_aoyagi_watanabe(sampler, request):
+    _expect_miss(request, sampler)
+    _rrr(RRR_FAST, sampler)
 
 
 @pytest.mark.slow
@@ -137,7 +165,8 @@ def test_rrr_exact_integral_is_right():
     assert vals[0] > vals[1] > vals[2] > vals[3] > 2.0 and vals[3] < 2.005
 
 
-def test_normal_crossings_sums_and_products():
+@pytest.mark.parametrize("sampler", KERNELS)
+def test_normal_crossings_sums_and_products(sampler):
     nbeta, gamma = 1e4, 1.0
     # Separable sums Σ c_i w_i^{2k_i}: λ = Σ 1/(2k_i). c_i put every coordinate's scale at 0.1, where the prior
     # (γ w²/2 = 0.005) barely matters.
@@ -146,8 +175,8 @@ def test_normal_crossings_sums_and_products():
     problems = [("sum", [s0 ** (-2 * k) / nbeta for k in ks], ks) for ks in sums]
     model = Packed(problems)
     results = estimate_llc_many(model, DUMMY, [model.component(q) for q in range(len(problems))],
-                                loss_fn=packed_loss, nbeta=nbeta, gamma=gamma, epsilon=3e-5,
-                                chains=200, burn_in=1500, draws=1500, batch_size=1)
+                                loss_fn=packed_loss, nbeta=nbeta, gamma=gamma, chains=200, burn_in=1500,
+                                draws=1500, batch_size=1, **_kernel(sampler, 3e-5))
     for ks, res, p in zip(sums, results, problems):
         exact = sum(quad_1d(c, k, nbeta, gamma) for c, k in zip(p[1], ks))
         _check(res, sum(1 / (2 * k) for k in ks), 0.05, exact)
@@ -161,17 +190,21 @@ def test_normal_crossings_sums_and_products():
 PROD_SETTINGS = dict(nbeta=10.0, gamma=1.0, epsilon=2e-3, chains=1000, burn_in=3000, draws=3000)
 
 
-def _product(ks, **settings):
+def _product(ks, sampler="sgld", **settings):
     model = Product(1.0, ks)
-    res = estimate_llc(model, DUMMY, loss_fn=module_loss, batch_size=1, **{**PROD_SETTINGS, **settings})
+    settings = {**PROD_SETTINGS, **settings}
+    settings |= _kernel(sampler, settings["epsilon"])
+    res = estimate_llc(model, DUMMY, loss_fn=module_loss, batch_size=1, **settings)
     exact = quad_prod_k1(1.0, ks[1], res.config.nbeta, res.config.gamma)
     _check(res, exact, 0.05, exact * 1.015)  # the +1.5% is the measured SGLD bias at ε = 2e-3
     return res, exact
 
 
-def test_normal_crossing_product_matches_quadrature():
+@pytest.mark.parametrize("sampler", KERNELS)
+def test_normal_crossing_product_matches_quadrature(sampler, request):
+    _expect_miss(request, sampler)
     # c Π w_i^{2k_i}: λ = min 1/(2k_i); at finite nβ compare with the exact value (1-D reduction, below).
-    _product((1, 2))  # w1² w2⁴: λ = 1/4, m = 1
+    _product((1, 2), sampler)  # w1² w2⁴: λ = 1/4, m = 1
 
 
 @pytest.mark.slow
@@ -191,12 +224,15 @@ def test_normal_crossing_products_trend_toward_lambda():
         assert lam - vals[2] < 0.3 * (lam - vals[0])
 
 
-def test_weight_and_data_refinement_of_a_regular_model():
+@pytest.mark.parametrize("sampler", KERNELS)
+def test_weight_and_data_refinement_of_a_regular_model(sampler, request):
+    _expect_miss(request, sampler)
     d, n = 8, 64
     h = np.linspace(1.0, 2.0, d)
     nbeta, gamma = 2000.0, 1.0
     eps = 0.04 / (nbeta * h.max() + gamma)
-    kw = dict(loss_fn=_mse, nbeta=nbeta, gamma=gamma, epsilon=eps, chains=200, burn_in=200, draws=400, batch_size=n)
+    kw = dict(loss_fn=_mse, nbeta=nbeta, gamma=gamma, chains=200, burn_in=200, draws=400, batch_size=n,
+              **_kernel(sampler, eps))
     # weight refinement to S = 3 coordinates: |S|/2 (the Hessian is diagonal, so H_SS = diag(h_S))
     model, data = _whitened_regression(d, n, h, seed=1)
     S = torch.zeros(1, d, dtype=torch.bool)
@@ -210,15 +246,16 @@ def test_weight_and_data_refinement_of_a_regular_model():
     assert full.mean < d / 2 - 1
 
 
-def test_localisation_truncates_an_ill_conditioned_quadratic():
+@pytest.mark.parametrize("sampler", KERNELS)
+def test_localisation_truncates_an_ill_conditioned_quadratic(sampler):
     # h spans 10³; with γ comparable to nβh the estimate is ½ Σ nβh/(nβh + γ), far below d/2 = 4
     d, n = 8, 64
     h = np.logspace(-3, 0, d)
     nbeta, gamma = 1000.0, 100.0
     eps = 0.04 / (nbeta * h.max() + gamma)
     model, data = _whitened_regression(d, n, h, seed=3)
-    res = estimate_llc(model, data, loss_fn=_mse, nbeta=nbeta, gamma=gamma, epsilon=eps, chains=200, burn_in=300,
-                       draws=500, batch_size=n)
+    res = estimate_llc(model, data, loss_fn=_mse, nbeta=nbeta, gamma=gamma, chains=200, burn_in=300,
+                       draws=500, batch_size=n, **_kernel(sampler, eps))
     cont, disc = _gauss_exact(h, nbeta, gamma, eps)
     _check(res, cont, 0.05, disc)
     assert cont < 0.6 * d / 2

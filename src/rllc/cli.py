@@ -108,8 +108,24 @@ def _floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
+def _setting(s: str) -> tuple[str, float]:
+    name, sep, value = s.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. alpha=0.99), got {s!r}") from None
+
+
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("SGLD sampler (defaults: the paper's released configs)")
+    g = p.add_argument_group("sampler (defaults: the paper's released configs)")
+    g.add_argument("--sampler", choices=["sgld", "rmsprop_sgld"],
+                   help="kernel: sgld (default, the paper's) or rmsprop_sgld (RMSProp-preconditioned SGLD, devinterp's "
+                        "update; Hitchcock & Hoogland 2025); see docs/llc.md")
+    g.add_argument("--sampler-setting", action="append", metavar="NAME=VALUE", type=_setting,
+                   help="a kernel setting, repeatable: for rmsprop_sgld alpha (squared-gradient decay, default "
+                        "0.99) and eps (stabiliser in 1/(sqrt(V) + eps), default 0.1)")
     g.add_argument("--epsilon", type=float, help="step size ε (default 1e-3)")
     g.add_argument("--nbeta", type=float, help="inverse temperature times sample size, nβ (default 30)")
     g.add_argument("--gamma", type=float, help="localisation strength γ (default 200)")
@@ -126,8 +142,11 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
-    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed", "paired")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed", "paired", "sampler")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "sampler_setting", None):
+        out["sampler_settings"] = tuple(sorted(dict(args.sampler_setting).items()))
+    return out
 
 
 def _llc_inputs(args: argparse.Namespace):  # noqa: ANN202
@@ -146,16 +165,20 @@ def cmd_llc(args: argparse.Namespace) -> None:
     run, step, model, tokens = _llc_inputs(args)
     res = estimate_llc(model, tokens, component=args.component, progress=not args.quiet, **_sampler_overrides(args))
     if args.json:
-        print(json.dumps({"run": str(run.path), "step": step, "data": args.data, **res.to_dict()}))
+        d = res.diagnostics
+        print(json.dumps({"run": str(run.path), "step": step, "data": args.data, **res.to_dict(),
+                          "ess": d.to_dict()["ess"], "rhat": d.to_dict()["rhat"]}))
         return
     c = res.config
     print(f"λ̂ = {res.mean:.3f} ± {res.std:.3f}  (run {run.path.name}, step {step}, component "
           f"{args.component or 'all'}, data {args.data})")
     print(f"per chain: {', '.join(f'{x:.3f}' for x in res.per_chain)};  L_n(w*) = {res.init_loss:.4f}")
-    print(f"ε={c.epsilon:g} nβ={c.nbeta:g} γ={c.gamma:g} chains={c.chains} draws={c.draws} burn-in={c.burn_in} "
-          f"batch={c.batch_size} seed={c.seed}")
+    kernel = c.sampler + "".join(f" {k}={v:g}" for k, v in c.settings().items())
+    print(f"{kernel} ε={c.epsilon:g} nβ={c.nbeta:g} γ={c.gamma:g} chains={c.chains} draws={c.draws} "
+          f"burn-in={c.burn_in} batch={c.batch_size} seed={c.seed}")
     d = res.diagnostics
-    print(f"valid={res.valid} converged={d.converged} R-hat={d.rhat:.3f}")
+    print(f"valid={res.valid} converged={d.converged} split-R-hat={d.rhat:.3f} bulk ESS={d.ess:.0f} "
+          f"(per chain {', '.join(f'{x:.0f}' for x in d.ess_per_chain)}) suggested burn-in={d.burn_in} draws")
     for m in d.messages:
         print(f"warning: {m}")
 

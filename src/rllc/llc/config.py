@@ -131,11 +131,16 @@ class SamplerConfig:
             changes["sampler_settings"] = ()  # another kernel: its own defaults
         return dataclasses.replace(self, **changes)
 
-    def config_hash(self) -> str:
-        """A stable 12-hex-digit key: sha256 of the sorted-key JSON of ``to_dict()`` (floats as floats). The kernel
-        fields are left out for plain SGLD, so configs written before kernels existed keep their keys."""
+    def hash_dict(self) -> dict[str, Any]:
+        """``to_dict()`` as hashed: the kernel fields are left out for plain SGLD, so configs (and sweeps) written
+        before kernels existed keep their keys."""
         d = {k: (float(v) if isinstance(v, float) else v) for k, v in self.to_dict().items()}
         if d["sampler"] == "sgld" and not d["sampler_settings"]:
             del d["sampler"], d["sampler_settings"]
+        return d
+
+    def config_hash(self) -> str:
+        """A stable 12-hex-digit key: sha256 of the sorted-key JSON of ``hash_dict()`` (floats as floats)."""
+        d = self.hash_dict()
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,4 +1,7 @@
-"""Chain diagnostics: late-trace slope, R-hat, divergence — and the messages a user acts on."""
+"""Chain diagnostics: split-R-hat and bulk effective sample size (Vehtari, Gelman, Simpson, Carpenter, Bürkner
+2021, "Rank-normalization, folding, and localization: an improved R-hat"), the burn-in the traces suggest (MSER,
+White 1997), late-trace drift and the bias of a chain too short to have settled, divergence — and the messages a
+user acts on."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 
 @dataclass(frozen=True, eq=False)
@@ -16,7 +20,16 @@ class Diagnostics:
         slopes: (C,) least-squares slope of each chain's loss trace over its last half, in loss per draw
             (NaN for a diverged chain).
         drift: nβ × mean slope × (draws/2): how far the λ̂ trace still moved over the last half, in λ units.
-        rhat: Gelman–Rubin R-hat of the loss traces across the surviving chains (NaN with fewer than 2).
+        rhat: split-R-hat of the loss traces over the surviving chains, rank-normalised, the larger of bulk and
+            tail (folded) R-hat (Vehtari et al. 2021; NaN with fewer than 4 draws). Below 1.01 is their threshold.
+        ess: bulk effective sample size of the draws of all surviving chains together (rank-normalised split
+            chains, Geyer's initial monotone sequence; Vehtari et al. 2021).
+        ess_per_chain: (C,) the same for each chain alone (NaN for a diverged chain).
+        burn_in: the number of leading draws the traces suggest discarding (MSER on the across-chain mean
+            trace, at most half the draws; White 1997).
+        bias: nβ × (mean of all draws − mean of the second half), averaged over surviving chains: when the trace
+            is still rising (``converged`` False) an estimate of how far λ̂ sits below the level the chains were
+            reaching; ``bias_se`` its standard error across chains.
         diverged: indices of chains that diverged (stopped early).
         diverged_at: the step at which each of those chains diverged.
         converged: False when the late-trace drift is significant across chains and larger than 5% of |λ̂|.
@@ -27,6 +40,11 @@ class Diagnostics:
     slopes: np.ndarray
     drift: float
     rhat: float
+    ess: float
+    ess_per_chain: np.ndarray
+    burn_in: int
+    bias: float
+    bias_se: float
     diverged: tuple[int, ...]
     diverged_at: tuple[int, ...]
     converged: bool
@@ -38,6 +56,11 @@ class Diagnostics:
             "slopes": [_num(x) for x in self.slopes],
             "drift": _num(self.drift),
             "rhat": _num(self.rhat),
+            "ess": _num(self.ess),
+            "ess_per_chain": [_num(x) for x in self.ess_per_chain],
+            "burn_in": int(self.burn_in),
+            "bias": _num(self.bias),
+            "bias_se": _num(self.bias_se),
             "diverged": list(self.diverged),
             "diverged_at": list(self.diverged_at),
             "converged": self.converged,
@@ -64,17 +87,93 @@ def late_slopes(trace: np.ndarray) -> np.ndarray:
 
 
 def rhat(trace: np.ndarray) -> float:
-    """Gelman–Rubin potential scale reduction of ``trace`` (C, K) over chains without NaNs (NaN if < 2 chains)."""
+    """Split-R-hat of ``trace`` (C, K) over chains without NaNs: max of rank-normalised bulk and folded-tail R-hat
+    (Vehtari et al. 2021, eq. 4 on split chains). NaN with fewer than 4 draws or no spread."""
     ok = trace[np.isfinite(trace).all(axis=1)]
-    c, k = ok.shape
-    if c < 2 or k < 2:
+    if ok.shape[0] < 1 or ok.shape[1] < 4:
         return float("nan")
-    within = ok.var(axis=1, ddof=1).mean()
-    between = k * ok.mean(axis=1).var(ddof=1)
-    if within <= 0:
+    split = _split(ok)
+    bulk = _rhat_basic(_rank_normalise(split))
+    tail = _rhat_basic(_rank_normalise(np.abs(split - np.median(split))))
+    return float(np.nanmax([bulk, tail])) if np.isfinite([bulk, tail]).any() else float("nan")
+
+
+def ess_bulk(trace: np.ndarray) -> float:
+    """Bulk effective sample size of ``trace`` (C, K) over chains without NaNs (Vehtari et al. 2021: rank-
+    normalised split chains, multi-chain autocorrelation, Geyer's initial monotone sequence). NaN if < 4 draws."""
+    ok = trace[np.isfinite(trace).all(axis=1)]
+    if ok.shape[0] < 1 or ok.shape[1] < 4:
         return float("nan")
-    pooled = (k - 1) / k * within + between / k
-    return float(math.sqrt(pooled / within))
+    return _ess(_rank_normalise(_split(ok)))
+
+
+def ess_per_chain(trace: np.ndarray) -> np.ndarray:
+    """(C,) bulk ESS of each chain alone (NaN for a chain with NaNs)."""
+    return np.array([ess_bulk(row[None]) if np.isfinite(row).all() else np.nan for row in trace])
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    """(C, K) → (2C, K//2): each chain's first and second half (the middle draw dropped when K is odd)."""
+    h = x.shape[1] // 2
+    return np.concatenate([x[:, :h], x[:, x.shape[1] - h:]], axis=0)
+
+
+def _rank_normalise(x: np.ndarray) -> np.ndarray:
+    """Normal scores of the pooled ranks (average ranks for ties): Φ⁻¹((r − 3/8)/(S + 1/4))."""
+    from scipy.stats import rankdata
+
+    r = rankdata(x, method="average").reshape(x.shape)
+    return ndtri((r - 0.375) / (x.size + 0.25))
+
+
+def _rhat_basic(x: np.ndarray) -> float:
+    m, n = x.shape
+    if m < 2:
+        return float("nan")
+    w = x.var(axis=1, ddof=1).mean()
+    b = n * x.mean(axis=1).var(ddof=1)
+    if not w > 0:
+        return float("nan")
+    return float(math.sqrt(((n - 1) / n * w + b / n) / w))
+
+
+def _ess(x: np.ndarray) -> float:
+    """ESS of chains x (M, N) (Vehtari et al. 2021 eq. 10–11, Geyer's initial monotone positive sequence)."""
+    m, n = x.shape
+    centred = x - x.mean(axis=1, keepdims=True)
+    f = np.fft.rfft(centred, n=2 * n, axis=1)
+    acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n] / n  # (M, N) biased autocovariance per chain
+    chain_var = acov[:, 0] * n / (n - 1.0)
+    w = chain_var.mean()
+    var_plus = w * (n - 1.0) / n + (x.mean(axis=1).var(ddof=1) if m > 1 else 0.0)
+    if not var_plus > 0:
+        return float("nan")
+    rho = 1.0 - (w - acov.mean(axis=0)) / var_plus  # (N,) ρ̂_t, ρ̂_0 = 1
+    rho[0] = 1.0
+    # Geyer: sum pairs P_k = ρ_2k + ρ_2k+1 while positive, made monotone non-increasing
+    total, prev = 0.0, np.inf
+    for k in range(0, n - 1, 2):
+        p = rho[k] + rho[k + 1]
+        if p <= 0:
+            break
+        p = min(p, prev)
+        total += p
+        prev = p
+    tau = -1.0 + 2.0 * total
+    tau = max(tau, 1.0 / math.log10(m * n)) if m * n > 1 else tau  # the cap Stan uses for antithetic chains
+    return float(m * n / tau)
+
+
+def mser_burn_in(trace: np.ndarray) -> int:
+    """MSER burn-in (White 1997) of the across-chain mean of ``trace`` (C, K): the d ≤ K/2 minimising
+    Σ_{i≥d} (x_i − mean_{≥d})² / (K − d)². 0 when the trace is flat from the start."""
+    ok = trace[np.isfinite(trace).all(axis=1)]
+    if ok.shape[0] == 0 or ok.shape[1] < 4:
+        return 0
+    x = ok.mean(axis=0)
+    k = len(x)
+    scores = [((x[d:] - x[d:].mean()) ** 2).sum() / (k - d) ** 2 for d in range(k // 2 + 1)]
+    return int(np.argmin(scores))
 
 
 def diagnose(
@@ -103,9 +202,24 @@ def diagnose(
             converged = False
             messages.append(f"λ̂ trace still drifts by {drift:+.3g} over the last half of the draws; "
                             "use more draws, a burn-in, or a larger ε")
-    r = rhat(np.where(alive[:, None], trace, np.nan))
+    live_trace = np.where(alive[:, None], trace, np.nan)
+    r = rhat(live_trace)
+    ess = ess_bulk(live_trace)
+    per = ess_per_chain(live_trace)
+    burn = mser_burn_in(live_trace)
     if not alive.any():
         converged = False  # no chain left: nothing converged (R-hat is NaN)
+    bias = bias_se = float("nan")
+    if live_slopes.size and k >= 4:
+        live = trace[alive]
+        d = nbeta * (live.mean(axis=1) - live[:, k // 2:].mean(axis=1))  # (C_live,)
+        bias = float(d.mean())
+        bias_se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else float("nan")
+        if not converged:
+            messages.append(f"λ̂ is probably low by about {-bias:.3g} (± {bias_se:.2g}): the second half of the draws "
+                            f"averages that much higher; the traces suggest a burn-in of {burn} draws")
+    if np.isfinite(r) and r > 1.01 and converged:
+        messages.append(f"split-R-hat {r:.3f} > 1.01: the chains disagree; run longer or more chains")
     if dead.size:
         messages.append(f"{dead.size} of {trace.shape[0]} chains diverged (chains {dead.tolist()}); "
                         "use a smaller epsilon or a larger gamma")
@@ -116,7 +230,8 @@ def diagnose(
     elif np.any(per_chain[alive] < 0):
         messages.append(f"{int(np.sum(per_chain[alive] < 0))} chain(s) gave a negative λ̂")
     return Diagnostics(
-        slopes=slopes, drift=drift, rhat=r, diverged=tuple(int(i) for i in dead),
+        slopes=slopes, drift=drift, rhat=r, ess=ess, ess_per_chain=per, burn_in=burn, bias=bias, bias_se=bias_se,
+        diverged=tuple(int(i) for i in dead),
         diverged_at=tuple(int(diverged_at[i]) for i in dead), converged=converged, negative=negative,
         messages=tuple(messages),
     )

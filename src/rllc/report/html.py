@@ -739,9 +739,12 @@ def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
         rh = diag.get("rhat")
         if rh is not None and rh > 1.1:
             issues.append(f"R-hat {rh:.2f}")
+        if diag.get("converged") is False and diag.get("bias") is not None:
+            issues.append(f"likely low by {-diag['bias']:.3g}")  # second half of the draws vs all (issue 11)
         if issues:
+            ess = diag.get("ess")
             rows.append({"step": int(x.step), "component": x.component, "data": x.data, "config": x.config_hash,
-                         "λ̂": x.value, "issues": ", ".join(issues),
+                         "λ̂": x.value, "ESS": None if ess is None else round(ess), "issues": ", ".join(issues),
                          "messages": " | ".join(diag.get("messages", []))})
     n_llc = int((r.results.measure == "llc").sum())
     problems = list(r.load_errors) + doc.problems[r.problems_from:]
@@ -756,7 +759,8 @@ def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
                    "estimates are drawn as × in the figures; unconverged ones may be biased — rerun them with a "
                    "smaller step size or more draws (<code>rllc calibrate</code> chooses ε).</p>")
         out.append(doc.table(t, "LLC estimates whose chains diverged, did not converge, gave a negative λ̂ or have "
-                                "R-hat above 1.1, with the sampler's own messages."))
+                                "split-R-hat above 1.1, with their bulk ESS, the bias a still-rising trace suggests "
+                                "and the sampler's own messages."))
     else:
         out.append(f"<p class=ok>All {n_llc} LLC estimates are valid and converged.</p>")
     if r.stage_error:

@@ -72,7 +72,7 @@ class SweepConfig:
         return cls(SamplerConfig.from_dict(d["sampler"]), d["n_samples"], d["sample_seed"], d["split"])
 
     def config_hash(self) -> str:
-        return config_hash(self.to_dict())
+        return config_hash({**self.to_dict(), "sampler": self.sampler.hash_dict()})  # plain SGLD: pre-kernel keys
 
 
 @dataclass(frozen=True)
