@@ -111,7 +111,7 @@ def test_component_masks_select_exactly_the_head(model):
     assert Component.parse(CFG, "1:2").size(model) == 3 * (12 * 4) + 4 * 12 + 3 * 4  # W_QKV[h], W_O[h], b_QKV[h]
     assert Component.parse(CFG, "all").size(model) == model.num_params()
     layer0 = Component.parse(CFG, "layer:0")
-    assert layer0.param_names == sorted(n for n, _ in model.named_parameters() if n.startswith("blocks.0."))
+    assert sorted(layer0.masks(model)) == sorted(n for n, _ in model.named_parameters() if n.startswith("blocks.0."))
     union = Component.parse(CFG, ["0:1", "layer:0", "1:0"])  # a whole layer subsumes its head
     assert union.size(model) == layer0.size(model) + Component.parse(CFG, "1:0").size(model)
     assert Component.parse(CFG, "ln").size(model) == 3 * 2 * 12

@@ -171,7 +171,7 @@ def cmd_llc(args: argparse.Namespace) -> None:
         return
     c = res.config
     print(f"λ̂ = {res.mean:.3f} ± {res.std:.3f}  (run {run.path.name}, step {step}, component "
-          f"{args.component or 'all'}, data {args.data})")
+          f"{res.component or 'all'}, data {args.data})")
     print(f"per chain: {', '.join(f'{x:.3f}' for x in res.per_chain)};  L_n(w*) = {res.init_loss:.4f}")
     kernel = c.sampler + "".join(f" {k}={v:g}" for k, v in c.settings().items())
     print(f"{kernel} ε={c.epsilon:g} nβ={c.nbeta:g} γ={c.gamma:g} chains={c.chains} draws={c.draws} "
@@ -345,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "e.g. 'code'); both together give the wdrLLC.")
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    p.add_argument("--component", help="what moves: a head 'l:h', 'layer:l', 'embed', 'unembed', 'ln', 'all' or "
-                                       "a comma-separated list (default: all)")
+    p.add_argument("--component", help="what moves: a head 'l:h', 'layer:l', 'embed', 'pos_embed', 'unembed', "
+                                       "'ln', 'all', or a union joined by '+' such as '0:1+0:3' (the older "
+                                       "'0:1,0:3' means the same; default: all)")
     p.add_argument("--data", default="pretrain", help="data set: 'pretrain' (the run's training data, default), "
                                                       "'code', 'prose', 'synthetic.dyck', a path, ...")
     _add_sampler_args(p)

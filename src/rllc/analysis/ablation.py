@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from rllc._errors import RllcError
+from rllc.model.adapters import adapt
 from rllc.model.transformer import Transformer
 from rllc.train.loop import token_cross_entropy
 
@@ -26,12 +27,14 @@ Head = tuple[int, int]
 @torch.no_grad()
 def per_token_loss(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of predicting tokens[:, t + 1] at every position t: (B, T - 1). tokens (B, T)."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     return token_cross_entropy(model(tokens), tokens, per_token=True)  # (B, T - 1)
 
 
 @torch.no_grad()
 def head_z_means(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Mean of every head's z over batch and positions: (n_layers, n_heads, d_head). tokens (B, T)."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names)
     return torch.stack([cache[n].mean(dim=(0, 1)) for n in names])  # (L, H, E)
@@ -91,6 +94,7 @@ def ablated_per_token_loss(
     means: torch.Tensor | None = None, seed: int = 0,
 ) -> torch.Tensor:
     """Per-token loss (B, T - 1) with the given heads ablated together; means default to those of `tokens`."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     if kind == "mean" and means is None:
         means = head_z_means(model, tokens)
     perm = resample_permutation(tokens.shape[0], seed) if kind == "resample" else None
@@ -102,6 +106,7 @@ def ablated_per_token_loss(
 def ablation_scores(model: Transformer, tokens: torch.Tensor, kind: AblationKind = "mean", *, seed: int = 0
                     ) -> torch.Tensor:
     """Loss after ablating each head alone minus the clean loss: (n_layers, n_heads). tokens (B, T)."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     clean = per_token_loss(model, tokens).mean()
     means = head_z_means(model, tokens) if kind == "mean" else None
@@ -115,6 +120,7 @@ def ablation_scores(model: Transformer, tokens: torch.Tensor, kind: AblationKind
 def ablation_table(model: Transformer, tokens: torch.Tensor, kinds: Sequence[str] = KINDS, *, seed: int = 0
                    ) -> pd.DataFrame:
     """One row per head: layer, head, component, and `ablation_{kind}` for each kind."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     scores = {k: ablation_scores(model, tokens, k, seed=seed) for k in kinds}
     return pd.DataFrame([{"layer": l, "head": h, "component": f"{l}:{h}",

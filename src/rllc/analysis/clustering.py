@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rllc._errors import RllcError
+from rllc.model.components import head_index, is_head_name
 
 ALGORITHMS = ("kmeans", "ward", "kshape")
 Standardise = Literal["none", "zscore", "minmax"]
@@ -211,8 +212,8 @@ def head_trajectories(results: pd.DataFrame, layer: int, *, data: Sequence[str] 
         d = d[d.run == run]
     elif "run" in d and d.run.nunique() > 1:
         raise RllcError(f"results hold runs {sorted(d.run.unique())}; pass run= to choose one")
-    prefix = f"{layer}:"
-    d = d[d.component.str.startswith(prefix) & d.component.str[len(prefix):].str.isdigit() & d.data.isin(data)]
+    in_layer = d.component.map(lambda c: is_head_name(c) and head_index(c)[0] == layer).astype(bool)
+    d = d[in_layer & d.data.isin(data)]
     if d.empty:
         raise RllcError(f"no {measure!r} results for the heads of layer {layer} on {list(data)}; sweep first")
     chash = ""
@@ -228,7 +229,7 @@ def head_trajectories(results: pd.DataFrame, layer: int, *, data: Sequence[str] 
                             aggfunc="size")
     table = d.pivot_table(index=["component", "data"], columns="step", values="value", aggfunc="mean",
                           dropna=False).reindex(index=present.index, columns=present.columns)
-    heads = sorted(d.component.unique(), key=lambda c: int(c.split(":")[1]))
+    heads = sorted(d.component.unique(), key=lambda c: head_index(c)[1])
     missing = [(h, s) for h in heads for s in data if (h, s) not in table.index]
     if missing:
         raise RllcError(f"no {measure!r} curve for head {missing[0][0]} on {missing[0][1]!r}; sweep it first")

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from rllc._errors import RllcError
+from rllc.model.adapters import adapt
 from rllc.model.transformer import Transformer
 
 Mode = Literal["q", "k", "v"]
@@ -25,8 +26,9 @@ MODES: tuple[str, ...] = ("q", "k", "v")
 
 
 def _folded(model: Transformer, layer: int) -> dict[str, torch.Tensor]:
-    attn, w = model.blocks[layer].attn, model.blocks[layer].ln1.w.detach()
-    return {n: getattr(attn, n).detach() * (w[None, :, None] if n != "W_O" else 1.0) for n in ("W_Q", "W_K", "W_V", "W_O")}
+    a = adapt(model)
+    weights, w = a.head_weights(layer), a.ln_weight(layer)
+    return {n: weights[n] * (w[None, :, None] if n != "W_O" else 1.0) for n in ("W_Q", "W_K", "W_V", "W_O")}
 
 
 def _score(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,7 @@ def composition_scores(model: Transformer, mode: Mode, *, sender_layer: int = 0,
     Returns:
         Scores in [0, 1]; NaN for a head with an all-zero matrix.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     if mode not in MODES:
         raise RllcError(f"unknown composition mode {mode!r}; use 'q', 'k' or 'v'")
     if not 0 <= sender_layer < receiver_layer < model.cfg.n_layers:
@@ -84,6 +87,7 @@ def composition_table(model: Transformer, *, baseline_samples: int = 200, seed: 
         Rows: sender ("l:h"), receiver, component ("l:h->l':h'"), mode ("q"/"k"/"v"), measure
         ("q_composition", ...), score, baseline, baseline_std.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     rows = []
     for mode in MODES:

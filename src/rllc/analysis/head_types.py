@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from rllc.model.adapters import adapt
 from rllc.analysis.ablation import ablated_per_token_loss, head_z_means, per_token_loss
 from rllc.analysis.token_contexts import BracketVocab, TokensInContextConfig, tokens_in_context
 from rllc.data.synthetic import Pattern, SyntheticConfig, generate
@@ -128,6 +129,7 @@ def synthetic_ground_truth(model: Transformer, config: SyntheticConfig, *, n: in
         One row per head: component, inc_NGRAM, inc_SKIPGRAM, inc_INDUCTION, inc_DYCK (NaN where the pattern
         does not occur), n_{pattern}, gt_pattern (the pattern with the largest increase).
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     batch = generate(config, n, cfg.n_ctx, seed=seed)
     tokens, labels = batch.tokens, batch.labels[:, :-1]
@@ -180,6 +182,7 @@ def tokens_in_context_agreement(model: Transformer, config: SyntheticConfig, *,
     Returns:
         (fraction of explained tokens in context whose class matches, per-class rows label, n, agree_fraction).
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     batch = generate(config, tic.n_samples, model.cfg.n_ctx, seed=seed)
     tic = dataclasses.replace(tic, seed=seed)
     ex = tokens_in_context(model, batch.tokens, config=tic,

@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, jvp
 
 from rllc._errors import RllcError
 from rllc.llc.losses import LossFn, next_token_loss
+from rllc.model.adapters import forward_logits
 from rllc.model.components import resolve_masks
 from rllc.train.loop import token_cross_entropy
 
@@ -319,7 +320,7 @@ class _Functional(nn.Module):
 
 def _weighted_next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     tokens, weights = batch  # (B, T), (B,)
-    nll = token_cross_entropy(model(tokens), tokens, per_token=True)  # (B, T-1)
+    nll = token_cross_entropy(forward_logits(model, tokens), tokens, per_token=True)  # (B, T-1)
     return (weights * nll.mean(dim=1)).sum()
 
 
@@ -397,7 +398,7 @@ def sample_from_model(model: nn.Module, n: int, n_ctx: int, generator: torch.Gen
     Returns:
         (tokens LongTensor (n, n_ctx), log-probabilities (n,) of tokens 1..n_ctx-1 under the model, float64).
     """
-    vocab = model(torch.zeros(1, 1, dtype=torch.long)).shape[-1]
+    vocab = forward_logits(model, torch.zeros(1, 1, dtype=torch.long)).shape[-1]
     if first_tokens is None:
         first = torch.randint(0, vocab, (n,), generator=generator)
     else:
@@ -409,7 +410,7 @@ def sample_from_model(model: nn.Module, n: int, n_ctx: int, generator: torch.Gen
         toks = first[start:start + batch_size, None]  # (B, 1)
         logp = torch.zeros(toks.shape[0], dtype=torch.float64)
         for _ in range(n_ctx - 1):
-            lp = F.log_softmax(model(toks)[:, -1].double() / temperature, dim=-1)  # (B, V)
+            lp = F.log_softmax(forward_logits(model, toks)[:, -1].double() / temperature, dim=-1)  # (B, V)
             nxt = torch.multinomial(lp.exp(), 1, generator=generator)  # (B, 1)
             logp += lp.gather(1, nxt)[:, 0]
             toks = torch.cat([toks, nxt], dim=1)
@@ -423,7 +424,7 @@ def sequence_logprob(model: nn.Module, tokens: torch.Tensor, batch_size: int = 3
     """log p(x_1..x_{T-1} | x_0) under the model for each sequence (N, T) → (N,) float64."""
     out = []
     for chunk in torch.split(tokens, batch_size):
-        lp = F.log_softmax(model(chunk)[:, :-1].double(), dim=-1)  # (B, T-1, V)
+        lp = F.log_softmax(forward_logits(model, chunk)[:, :-1].double(), dim=-1)  # (B, T-1, V)
         out.append(lp.gather(2, chunk[:, 1:, None])[..., 0].sum(1))
     return torch.cat(out)
 
@@ -448,7 +449,9 @@ def fim_trace(model: nn.Module, *, component: Any = "all", config: HessianConfig
         TraceEstimate of the FIM trace in the component's coordinates.
     """
     if samples is None:
-        T = n_ctx or getattr(getattr(model, "cfg", None), "n_ctx", None)
+        from rllc.model.adapters import adapt, supported
+
+        T = n_ctx or (adapt(model).cfg.n_ctx if supported(model) else getattr(getattr(model, "cfg", None), "n_ctx", None))
         if T is None:
             raise RllcError("fim_trace: pass n_ctx for a model without cfg.n_ctx")
         gen = torch.Generator().manual_seed(config.seed)

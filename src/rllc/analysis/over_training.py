@@ -54,6 +54,8 @@ from rllc.analysis.token_contexts import (
     tokens_in_context,
     tokens_in_context_summary,
 )
+from rllc.model.adapters import adapt
+from rllc.model.components import head_index, is_head_name
 from rllc.sweep.store import ResultRow, ResultStore, config_hash
 from rllc.train.run import Run, load_run
 
@@ -189,6 +191,8 @@ def _composition_rows(model, step: int, chash: str, baselines: dict[str, tuple[f
 def _patching_rows(model, run: Run, step: int, chash: str, cfg: HeadAnalysisConfig) -> list[ResultRow]:
     from rllc.data import synthetic_config_for
 
+    if "blocks.1.hook_q_input" not in adapt(model).hook_names:
+        return []  # this family computes one LayerNorm for Q, K and V: no separate paths to patch
     synth = synthetic_config_for("synthetic.dyck", run.tokenizer, seed=run.config.train.seed)
     mc = model.cfg
     rows, cache = [], {}
@@ -232,11 +236,11 @@ def _tic_rows(model, tokens: torch.Tensor, brackets: BracketVocab, step: int, te
 
 def _wide(results: pd.DataFrame, step: int) -> pd.DataFrame:
     """Per-head wide table at one step from the long-form results (head components only)."""
-    r = results[(results.step == step) & results.component.str.fullmatch(r"\d+:\d+")]
+    r = results[(results.step == step) & results.component.map(is_head_name).astype(bool)]
     t = r.pivot_table(index="component", columns="measure", values="value", aggfunc="first").reset_index()
     t.columns.name = None
-    t.insert(1, "layer", t.component.str.split(":").str[0].astype(int))
-    t.insert(2, "head", t.component.str.split(":").str[1].astype(int))
+    t.insert(1, "layer", [head_index(c)[0] for c in t.component])
+    t.insert(2, "head", [head_index(c)[1] for c in t.component])
     return t.sort_values(["layer", "head"]).reset_index(drop=True)
 
 
@@ -281,7 +285,7 @@ def analyze_heads(
         want = lambda measure, comps, data, group: any(  # noqa: E731
             (step, c, data, measure, hashes[group]) not in done for c in comps)
         model, rows = None, []
-        get_model = lambda: model if model is not None else run.model_at(step)  # noqa: E731
+        get_model = lambda: model if model is not None else adapt(run.model_at(step))  # noqa: E731
         if want("ablation_resample", heads, text, "scores") or want("icl_score", ["all"], text, "scores"):
             model = get_model()
             rows += _score_rows(model, text_tokens, step, text, hashes["scores"], config, icl_tokens)
@@ -413,7 +417,7 @@ def heads_command(run_dir: str | Path, steps: Sequence[int] | None = None, *,
     if len(result.patching):
         result.patching.to_csv(out / "path_patching.csv", index=False)
         files.append(out / "path_patching.csv")
-    heads_only = lambda c: ":" in c and "->" not in c  # noqa: E731
+    heads_only = is_head_name
     figs = [
         _curves(res, ["prev_token_score", "current_token_score", "induction_score", "prefix_matching_score",
                       "icl_score"], out / "head_scores.png", f"{name}: head scores over training "

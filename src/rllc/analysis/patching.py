@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from rllc._errors import RllcError
+from rllc.model.adapters import adapt
 from rllc.analysis.ablation import AblationKind, Head, ablated_per_token_loss, head_z_means, per_token_loss, \
     resample_permutation
 from rllc.data.synthetic import Pattern, SyntheticConfig, generate
@@ -37,6 +38,7 @@ def path_patched_per_token_loss(
         paths: any of "q", "k", "v" (e.g. "k" patches only the receiver's key input).
         kind: how sender outputs are ablated; mean uses `means` (L, H, E), default the means over `tokens`.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     lr, hr = receiver
     if not senders or any(ls >= lr for ls, _ in senders):
         raise RllcError(f"path patching needs sender heads in layers below the receiver {lr}:{hr}; got {senders}")
@@ -56,7 +58,7 @@ def path_patched_per_token_loss(
             repl = means[l, h].to(z).expand_as(z)
         else:
             repl = z[perm]
-        delta = delta + (repl - z) @ model.blocks[l].attn.W_O[h]  # (B, T, D): ablated minus clean output
+        delta = delta + (repl - z) @ model.head_weights(l)["W_O"][h]  # (B, T, D): ablated minus clean output
     clean_z = clean[f"blocks.{lr}.attn.hook_z"]  # (B, T, H, E)
 
     def patch_input(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -98,6 +100,7 @@ def dyck_path_patching(
         Rows per subset ("nested", "unnested", "other"): subset, n_positions, loss_clean, loss_path (path
         patched), loss_full (senders ablated everywhere), path_increase, full_increase.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cache = {} if cache is None else cache
     if not cache:
         tokens, labels = dyck_tokens(config, n, model.cfg.n_ctx, seed=seed)

@@ -11,12 +11,14 @@ import pandas as pd
 import torch
 
 from rllc._errors import RllcError
+from rllc.model.adapters import adapt
 from rllc.model.transformer import Transformer
 
 
 @torch.no_grad()
 def attention_patterns(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Attention patterns of every head: (n_layers, B, n_heads, T_q, T_k) for tokens (B, T)."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names)
     return torch.stack([cache[n] for n in names])
@@ -56,6 +58,7 @@ def induction_scores(
     head that attends a fixed offset back cannot score high: only matching on content does. A query in the k-th
     copy has k−1 earlier occurrences; the score sums its attention over all of their successors.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     if periods is None:
         periods = sorted({max(2, cfg.n_ctx // k) for k in (8, 5, 3, 2)})
@@ -84,6 +87,7 @@ def induction_from_patterns(patterns: torch.Tensor, tokens: torch.Tensor) -> tor
 
 def head_score_table(model: Transformer, text_tokens: torch.Tensor, *, seed: int = 0) -> pd.DataFrame:
     """One row per head: layer, head, component, prev_token_score, current_token_score, induction_score."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     pats = attention_patterns(model, text_tokens)
     prev, cur = _diagonal_score(pats, 1), _diagonal_score(pats, 0)
     ind = induction_scores(model, seed=seed)
@@ -137,6 +141,7 @@ def single_token_matching_scores(model: Transformer, *, n: int = 32, seed: int =
 
     Returns (n_layers, n_heads): mean attention to the target key.
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     tokens, target = single_token_matching_tokens(n, cfg.n_ctx, cfg.d_vocab, seed=seed)
     pats = attention_patterns(model, tokens)  # (L, B, H, T, T)

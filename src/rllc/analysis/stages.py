@@ -383,8 +383,9 @@ def head_stages(results: pd.DataFrame, *, data: str = "pretrain", measure: str =
 
 
 def _is_head(name: str) -> bool:
-    a, sep, b = name.partition(":")
-    return bool(sep) and a.isdigit() and b.isdigit()
+    from rllc.model.components import is_head_name
+
+    return is_head_name(name)
 
 
 @dataclass(frozen=True)

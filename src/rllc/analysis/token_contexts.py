@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from rllc._errors import RllcError
+from rllc.model.adapters import adapt
 from rllc.analysis.ablation import Head, ablation_hooks, head_z_means, per_token_loss
 from rllc.model.transformer import Transformer
 
@@ -261,6 +262,7 @@ def tokens_in_context(
         loss_increase, pos, max_attn, label, pattern (key as a string), skip_kind (`skip_ngram_kind` of a skip
         n-gram when the token texts are known, else ""), tokens (list[int], the sequence up to pos + 1), attention (list[float] over keys 0..pos).
     """
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cfg = model.cfg
     heads = list(heads) if heads is not None else [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
     batches = list(_batches(data, config)) if means is None else None

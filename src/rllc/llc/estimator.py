@@ -92,11 +92,29 @@ def resolve_component(model: nn.Module, component: Any) -> Masks:
 
 
 def _describe(component: Any) -> str | None:
-    if component is None or isinstance(component, str):
-        return component
+    """The component's canonical name ("0:1+0:3"), "masks:..." for dict masks, None for the whole model."""
+    from rllc.model.components import Component
+
+    if component is None:
+        return None
     if isinstance(component, dict):
         return "masks:" + ",".join(sorted(component))
-    return ",".join(str(c) for c in component)
+    try:
+        return Component.parse(component).name
+    except RllcError:
+        return str(component)
+
+
+def _prepare(model: nn.Module, batched: bool | str) -> nn.Module:
+    """The module the samplers run: supported models in eval mode (dropout off), and, under "auto", an rllc
+    Transformer with the same weights when the model is exactly rllc's architecture (the per-head fast path)."""
+    from rllc.model.adapters import adapt, supported
+
+    if not supported(model):
+        return model
+    a = adapt(model)
+    a.model.eval()
+    return a.native() if batched == "auto" else model
 
 
 def _init_loss(loss_fn: LossFn, model: nn.Module, source: BatchSource, cfg: SamplerConfig, data_key: str) -> float:
@@ -187,6 +205,17 @@ def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: L
               cfg: SamplerConfig, batched: bool | str, device: str | torch.device,
               progress: bool | Callable[[int, int], None], observe: Observe | None = None) -> list[LLCResult]:
     device = torch.device(device)
+    was_training, user_model = model.training, model
+    model = _prepare(model, batched)
+    try:
+        return _estimate_prepared(model, data, components, loss_fn, cfg, batched, device, progress, observe)
+    finally:
+        user_model.train(was_training)
+
+
+def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: LossFn | None,
+                       cfg: SamplerConfig, batched: bool | str, device: torch.device,
+                       progress: bool | Callable[[int, int], None], observe: Observe | None) -> list[LLCResult]:
     loss_fn = next_token_loss if loss_fn is None else loss_fn
     if not callable(loss_fn):
         raise RllcError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
@@ -250,7 +279,8 @@ def estimate_llc(
             A data-refined estimate is this with another data set.
         loss_fn: ``loss_fn(model, batch) -> scalar mean loss``; default next-token cross-entropy
             (``losses.next_token_loss``). ``losses.soft_target_loss(ref)`` gives the model-as-generator loss.
-        component: what moves (weight refinement): None for every parameter, a component name or list of names
+        component: what moves (weight refinement): None for every parameter, a component name, union ("0:1+0:3")
+            or list of names (any supported model: rllc, TransformerLens, HF GPT-2/GPT-NeoX, run in eval mode)
             (rllc transformers, e.g. "1:6"), or a dict parameter name → bool mask; see
             ``rllc.model.components.resolve_masks``. Everything else stays bitwise at w*.
         config: a ``SamplerConfig``; keyword ``overrides`` (epsilon, nbeta, gamma, chains, draws, burn_in,

@@ -1,6 +1,7 @@
 """A component's moving coordinates as one flat vector: which parameter coordinates, in which order.
 
-The order is ``named_parameters`` order, row-major within a tensor (``tensor[mask]``) — so a head's vector is
+The order is the adapter's canonical parameter order (``named_parameters`` order for rllc's Transformer and
+any unadapted module), row-major within a tensor (``tensor[mask]``) — so a head's vector is
 W_Q[h], W_K[h], W_V[h], W_O[h], b_Q[h], b_K[h], b_V[h] flattened and concatenated. Every gradient strategy reads
 and writes positions, gradients and noise through this layout, which is what makes them the same chains.
 """
@@ -35,7 +36,7 @@ class Layout:
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor] | None,
                  device: torch.device | str = "cpu") -> None:
         slots, off = [], 0
-        for n, p in model.named_parameters():
+        for n, p in _canonical_parameters(model):
             if masks is None:
                 index, size = None, p.numel()
             elif n in masks and bool(masks[n].any()):
@@ -73,12 +74,23 @@ class Layout:
                 v.index_copy_(lead, s.index, part)
 
 
+def _canonical_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``named_parameters`` in the adapter's canonical order (rllc's: TransformerLens lists W_O before W_K), so the
+    same weights give the same flat vector — and the same chains — in either format; other modules: as listed."""
+    from rllc.model.adapters import adapt, supported
+
+    named = dict(model.named_parameters())
+    if not supported(model):
+        return list(named.items())
+    order = [n for n in adapt(model).canonical_names() if n in named]
+    return [(n, named[n]) for n in order] + [(n, p) for n, p in named.items() if n not in set(order)]
+
+
 def component_key(model: nn.Module, component: object) -> str:
     """The canonical identity of a component, which keys its noise streams.
 
-    None (every parameter) is "all", like the registry's "all"; a name or list of names is the registry's
-    normalised name (``rllc.model.components.Component.parse(...).name`` for rllc models, else the stripped names
-    joined by ","); a dict of masks is "masks:" and a digest of its names and mask contents.
+    None (every parameter) is "all", like the registry's "all"; a name, union or list of names is its canonical
+    name (``rllc.model.components.Component.parse(...).name``, the same for every model family); a dict of masks is "masks:" and a digest of its names and mask contents.
     """
     if component is None:
         return "all"
@@ -88,12 +100,11 @@ def component_key(model: nn.Module, component: object) -> str:
             m = torch.as_tensor(component[n], dtype=torch.bool).cpu().contiguous()
             h.update(n.encode() + str(tuple(m.shape)).encode() + m.numpy().tobytes())
         return "masks:" + h.hexdigest()[:16]
+    from rllc._errors import RllcError
     from rllc.model.components import Component
-    from rllc.model.config import ModelConfig
 
-    cfg = getattr(model, "cfg", None)
-    if isinstance(cfg, ModelConfig):
-        c = Component.parse(cfg, component)
-        return str(getattr(c, "name", c))
-    parts = component.split(",") if isinstance(component, str) else list(component)
-    return ",".join(str(p).strip() for p in parts if str(p).strip())
+    try:
+        return Component.parse(component).name  # the one parser: "0:1,0:3", ["0:1", "0:3"] -> "0:1+0:3"
+    except RllcError:
+        parts = component.split(",") if isinstance(component, str) else list(component)
+        return ",".join(str(p).strip() for p in parts if str(p).strip())

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rllc._errors import RllcError
+from rllc.model.adapters import forward_logits
 from rllc.train.loop import token_cross_entropy
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -37,14 +38,14 @@ def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Mean next-token cross-entropy: position t predicts token t+1.
 
     Args:
-        model: maps tokens (B, T) to logits (B, T, V).
+        model: maps tokens (B, T) to logits (B, T, V), or to an output with `.logits` (Hugging Face).
         batch: tokens (B, T) long, or a tuple whose first element is that tensor.
 
     Returns:
         Scalar: mean over the B·(T−1) predicted positions.
     """
     tokens = _tokens(batch)  # (B, T)
-    return token_cross_entropy(model(tokens), tokens)
+    return token_cross_entropy(forward_logits(model, tokens), tokens)
 
 
 def per_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -72,8 +73,8 @@ def soft_target_loss(reference_model: nn.Module) -> LossFn:
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         tokens = _tokens(batch)  # (B, T)
         with torch.no_grad():
-            ref_logp = F.log_softmax(reference_model(tokens)[:, :-1], dim=-1)  # (B, T-1, V)
-        logp = F.log_softmax(model(tokens)[:, :-1], dim=-1)  # (B, T-1, V)
+            ref_logp = F.log_softmax(forward_logits(reference_model, tokens)[:, :-1], dim=-1)  # (B, T-1, V)
+        logp = F.log_softmax(forward_logits(model, tokens)[:, :-1], dim=-1)  # (B, T-1, V)
         return -(ref_logp.exp() * logp).sum(-1).mean()
 
     loss_fn._rllc_reference = reference_model  # marks this loss for the per-head sampler (heads.py)

@@ -1,124 +1,195 @@
-"""The component registry: names for parts of the model, resolved to boolean masks over its parameters.
+"""Components: one parsed value for "which weights move", and its boolean masks on any supported model.
 
-A weight-refined LLC moves only a component's coordinates; everything else stays at w*. Names:
-  "l:h"        head h of layer l: W_Q[h], W_K[h], W_V[h], W_O[h], b_Q[h], b_K[h], b_V[h] of block l
-  "layer:l"    all of block l (its LayerNorm and attention, b_O included)
-  "embed", "pos_embed", "unembed" (W_U and b_U), "ln" (every LayerNorm), "all"
-A list (or a comma-separated string) names the union. `heads(cfg)` lists every head name.
+A weight-refined LLC moves only a component's coordinates; everything else stays at w*. Names (one parser, used by
+every command and every table):
+  "l:h"        head h of layer l (also accepted: "l1h2", "L1H2", "1.2"): its query, key, value and output slices
+               — for an rllc/TransformerLens model W_Q[h], W_K[h], W_V[h], W_O[h], b_Q[h], b_K[h], b_V[h]; for fused
+               Hugging Face layouts the same slices of `c_attn`/`query_key_value` and `c_proj`/`dense` (see the
+               adapters). The shared output bias b_O is no head's.
+  "layer:l"    all of block l (LayerNorms, attention with b_O, and the MLP where there is one)
+  "embed", "pos_embed", "unembed", "ln" (every LayerNorm), "all"
+  a union      parts joined by "+": "0:1+0:3" (canonical); a list of names or the older "0:1,0:3" mean the same.
+`Component.name` is the canonical string: results are stored and random streams keyed under it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from rllc._errors import RllcError
-from rllc.model.config import ModelConfig
 
-_HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
-_NAMED = ("embed", "pos_embed", "unembed", "ln", "all")
-
-
-def heads(cfg: ModelConfig) -> list[str]:
-    """Every head's component name, layer-major: ["0:0", "0:1", ..., f"{L-1}:{H-1}"]."""
-    return [f"{l}:{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+NAMED = ("embed", "pos_embed", "unembed", "ln", "all")
+_HEAD_RE = re.compile(r"(\d+):(\d+)|[lL](\d+)[hH](\d+)|(\d+)\.(\d+)")
+_LAYER_RE = re.compile(r"layer:(\d+)")
 
 
-def _param_names(cfg: ModelConfig) -> list[str]:
-    names = ["embed.W_E", "pos_embed.W_pos"]
-    for l in range(cfg.n_layers):
-        names += [f"blocks.{l}.ln1.w", f"blocks.{l}.ln1.b"]
-        names += [f"blocks.{l}.attn.{p}" for p in (*_HEAD_PARAMS, "b_O")]
-    return names + ["ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"]
+@dataclass(frozen=True, order=True)
+class Part:
+    """One named piece: kind "head" (layer, head), "layer" (layer) or one of NAMED."""
+
+    kind: str
+    layer: int = -1
+    head: int = -1
+
+    @property
+    def name(self) -> str:
+        if self.kind == "head":
+            return f"{self.layer}:{self.head}"
+        if self.kind == "layer":
+            return f"layer:{self.layer}"
+        return self.kind
+
+
+def _part(text: str) -> Part:
+    s = text.strip()
+    if m := _HEAD_RE.fullmatch(s):
+        l, h = (int(g) for g in m.groups() if g is not None)
+        return Part("head", l, h)
+    if m := _LAYER_RE.fullmatch(s):
+        return Part("layer", int(m[1]))
+    if s in NAMED:
+        return Part(s)
+    raise RllcError(f"unknown component {s!r}; use a head 'l:h' (e.g. '1:6'), 'layer:l', one of "
+                    f"{', '.join(NAMED)}, or a union joined by '+' (e.g. '0:1+0:3')")
 
 
 @dataclass(frozen=True)
 class Component:
-    """A named set of parameter coordinates. `selection` maps parameter name → head index (or None: whole)."""
+    """A parsed component: the union of its parts, in the order first named. Compare and hash by `name`."""
 
-    name: str
-    selection: tuple[tuple[str, int | None], ...]
+    parts: tuple[Part, ...]
 
     @classmethod
-    def parse(cls, cfg: ModelConfig, spec: str | Sequence[str]) -> Component:
-        """Resolve a component name, a comma-separated list, or a list of names (their union)."""
-        parts = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-        if not parts:
-            raise RllcError("empty component name; try '1:6', 'layer:0', 'embed', 'unembed', 'ln' or 'all'")
-        sel: dict[tuple[str, int | None], None] = {}
-        for part in parts:
-            for key in _select(cfg, part):
-                sel[key] = None
-        whole = {n for n, h in sel if h is None}
-        kept = tuple(k for k in sel if k[1] is None or k[0] not in whole)  # a whole tensor subsumes its heads
-        return cls(name=",".join(parts), selection=kept)
+    def parse(cls, spec: str | Sequence[str] | Component, cfg: Any = None) -> Component:
+        """Parse a name ("1:6", "layer:0", "0:1+0:3", the older "0:1,0:3") or a list of names (their union).
+
+        Args:
+            spec: the name(s); a Component is returned as is.
+            cfg: optional model shape (n_layers, n_heads) to check layer and head indices against.
+        """
+        if hasattr(spec, "n_layers"):  # the older spelling parse(cfg, spec)
+            spec, cfg = cfg, spec
+        if isinstance(spec, Component):
+            comp = spec
+        else:
+            texts = [spec] if isinstance(spec, str) else list(spec)
+            pieces = [p for t in texts for p in re.split(r"[+,]", str(t)) if p.strip()]
+            if not pieces:
+                raise RllcError("empty component name; try '1:6', 'layer:0', 'embed', 'unembed', 'ln' or 'all'")
+            seen: dict[Part, None] = {}
+            for p in pieces:
+                seen.setdefault(_part(p), None)
+            comp = cls(tuple(seen))
+        if cfg is not None:
+            comp.check(cfg)
+        return comp
 
     @property
-    def param_names(self) -> list[str]:
-        return sorted({n for n, _ in self.selection})
+    def name(self) -> str:
+        """Canonical name: parts joined by '+' in the order given."""
+        return "+".join(p.name for p in self.parts)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def head(self) -> tuple[int, int] | None:
+        """(layer, head) if this is exactly one attention head, else None."""
+        if len(self.parts) == 1 and self.parts[0].kind == "head":
+            return self.parts[0].layer, self.parts[0].head
+        return None
+
+    @property
+    def is_head(self) -> bool:
+        """Whether this is one head or a union of heads only (what a sweep groups as "head components")."""
+        return all(p.kind == "head" for p in self.parts)
+
+    def check(self, cfg: Any) -> None:
+        """Raise a one-line RllcError if a layer or head index is outside the model `cfg` (n_layers, n_heads)."""
+        for p in self.parts:
+            if p.kind in ("head", "layer") and p.layer >= cfg.n_layers:
+                raise RllcError(f"unknown {'head' if p.kind == 'head' else 'layer'} {p.name!r}: the model has layers "
+                                f"0..{cfg.n_layers - 1}")
+            if p.kind == "head" and p.head >= cfg.n_heads:
+                raise RllcError(f"unknown head {p.name!r}: the model has heads 0..{cfg.n_heads - 1} per layer")
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Boolean masks, one per parameter this component touches (same shape as the parameter)."""
-        params = dict(model.named_parameters())
-        out: dict[str, torch.Tensor] = {}
-        for name, h in self.selection:
-            p = params[name]
-            m = out.setdefault(name, torch.zeros(p.shape, dtype=torch.bool, device=p.device))
-            if h is None:
-                m.fill_(True)
-            else:
-                m[h] = True
-        return out
+        from rllc.model.adapters import adapt
+
+        return adapt(model).masks(self)
 
     def size(self, model: nn.Module) -> int:
         """Number of coordinates in the component."""
         return int(sum(m.sum() for m in self.masks(model).values()))
 
 
-def _select(cfg: ModelConfig, part: str) -> list[tuple[str, int | None]]:
-    if m := re.fullmatch(r"(\d+):(\d+)", part):
-        l, h = int(m[1]), int(m[2])
-        if l >= cfg.n_layers or h >= cfg.n_heads:
-            raise RllcError(
-                f"unknown head {part!r}: the model has layers 0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}"
-            )
-        return [(f"blocks.{l}.attn.{p}", h) for p in _HEAD_PARAMS]
-    if m := re.fullmatch(r"layer:(\d+)", part):
-        l = int(m[1])
-        if l >= cfg.n_layers:
-            raise RllcError(f"unknown layer {part!r}: the model has layers 0..{cfg.n_layers - 1}")
-        return [(n, None) for n in _param_names(cfg) if n.startswith(f"blocks.{l}.")]
-    names = _param_names(cfg)
-    if part == "embed":
-        return [("embed.W_E", None)]
-    if part == "pos_embed":
-        return [("pos_embed.W_pos", None)]
-    if part == "unembed":
-        return [("unembed.W_U", None), ("unembed.b_U", None)]
-    if part == "ln":
-        return [(n, None) for n in names if ".ln1." in n or n.startswith("ln_final.")]
-    if part == "all":
-        return [(n, None) for n in names]
-    raise RllcError(
-        f"unknown component {part!r}; use a head 'l:h' (e.g. '1:6'), 'layer:l', or one of {', '.join(_NAMED)}"
-    )
+def parse_component(spec: str | Sequence[str] | Component, cfg: Any = None) -> Component:
+    """The one parser: a name, a union ("0:1+0:3") or a list of names -> Component (see the module docstring)."""
+    return Component.parse(spec, cfg)
+
+
+def canonical_name(spec: str | Sequence[str] | Component) -> str:
+    """The canonical spelling of a component name: `canonical_name("L1H2,0:0") == "1:2+0:0"`."""
+    return Component.parse(spec).name
+
+
+@functools.lru_cache(maxsize=4096)
+def is_head_name(name: str) -> bool:
+    """Whether a stored component name is exactly one head "l:h" (not a union, not a composition pair)."""
+    try:
+        return Component.parse(name).head is not None
+    except RllcError:
+        return False
+
+
+def head_index(name: str) -> tuple[int, int]:
+    """(layer, head) of a single-head name; raises RllcError otherwise."""
+    h = Component.parse(name).head
+    if h is None:
+        raise RllcError(f"{name!r} is not a single head 'l:h'")
+    return h
+
+
+def heads(cfg: Any) -> list[str]:
+    """Every head's component name, layer-major: ["0:0", "0:1", ..., f"{L-1}:{H-1}"]. cfg has n_layers, n_heads."""
+    return [f"{l}:{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+
+
+def component_masks(model: nn.Module, name: str | Sequence[str] | Component) -> dict[str, torch.Tensor]:
+    """Boolean masks of a component on any supported model (rllc, TransformerLens, HF GPT-2, HF GPT-NeoX).
+
+    Args:
+        model: the model.
+        name: a component name, union or list of names.
+    Returns:
+        dict parameter name (as in `model.named_parameters()`) -> BoolTensor of that parameter's shape; parameters
+        the component does not touch are absent.
+    """
+    from rllc.model.adapters import adapt
+
+    a = adapt(model)
+    return a.masks(Component.parse(name, a.cfg))
 
 
 def resolve_masks(
-    model: nn.Module, component: str | Sequence[str] | Mapping[str, torch.Tensor] | None
+    model: nn.Module, component: str | Sequence[str] | Component | Mapping[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor] | None:
     """Boolean masks for the coordinates that move, or None when every parameter moves.
 
     Args:
-        model: an rllc `Transformer` (for names) or any module (for dict masks).
-        component: None (all parameters), a registry name or list of names, or a dict parameter name → bool
-            mask of that parameter's shape. Parameters absent from the result are frozen.
+        model: any supported model (for names), or any module (for dict masks).
+        component: None (all parameters), a name, union or list of names, a Component, or a dict parameter
+            name -> bool mask of that parameter's shape. Parameters absent from the result are frozen.
     Returns:
-        dict parameter name → BoolTensor with the parameter's shape, or None.
+        dict parameter name -> BoolTensor with the parameter's shape, or None.
     """
     if component is None:
         return None
@@ -135,7 +206,4 @@ def resolve_masks(
                 )
             out[name] = mask
         return out
-    cfg = getattr(model, "cfg", None)
-    if not isinstance(cfg, ModelConfig):
-        raise RllcError("component names need an rllc Transformer; for other modules pass a dict of boolean masks")
-    return Component.parse(cfg, component).masks(model)
+    return component_masks(model, component)

@@ -198,7 +198,7 @@ class Transformer(HookedModule):
         """The named component: `"1:6"`, `"layer:0"`, `"embed"`, `"pos_embed"`, `"unembed"`, `"ln"`, `"all"`."""
         from rllc.model.components import Component
 
-        return Component.parse(self.cfg, spec)
+        return Component.parse(spec, self.cfg)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rllc._errors import RllcError, check_writable, writing  # noqa: E402
+from rllc.model.components import head_index, is_head_name  # noqa: E402
 from rllc.report.plots import draw_loss  # noqa: E402
 from rllc.sweep.refs import is_model_spec  # noqa: E402
 from rllc.sweep.store import ResultStore, load_results  # noqa: E402
@@ -86,13 +87,13 @@ def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str, stages=None) -
         stages: optional `Stages` to shade (those of the full-model LLC).
     """
     path = Path(path)
-    layers = sorted({int(c.split(":")[0]) for c in df["component"]})
+    layers = sorted({head_index(c)[0] for c in df["component"]})
     fig, axes = plt.subplots(1, len(layers), figsize=(5.2 * len(layers), 3.8), dpi=120, squeeze=False,
                              sharey=True)
     cmap = plt.get_cmap("tab10")
     for ax, layer in zip(axes[0], layers):
-        sub = df[df["component"].str.startswith(f"{layer}:")]
-        comps = sorted(sub["component"].unique(), key=lambda c: int(c.split(":")[1]))
+        sub = df[[head_index(c)[0] == layer for c in df["component"]]]
+        comps = sorted(sub["component"].unique(), key=lambda c: head_index(c)[1])
         for i, comp in enumerate(comps):
             _band(ax, sub[sub["component"] == comp].sort_values("step"), color=cmap(i % 10), label=comp)
         ax.set_xscale("log")
@@ -175,7 +176,7 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
         check_writable(out_dir, "cannot write the figures; pass --out a writable folder")
         with writing(out_dir, what="figures"):
             out_dir.mkdir(parents=True, exist_ok=True)
-        head_mask = df["component"].str.fullmatch(r"\d+:\d+")
+        head_mask = df["component"].map(is_head_name).astype(bool)
         stages = {h: _stages(g) for h, g in df.groupby("config_hash")}
         for (chash, data), g in df[head_mask].groupby(["config_hash", "data"]):
             title = (f"{d.name}: per-head {_kind(data, True)} on {data}\n"

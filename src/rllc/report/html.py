@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rllc._errors import RllcError, check_writable, writing  # noqa: E402
+from rllc.model.components import head_index, is_head_name  # noqa: E402
 
 REPORT_NAME = "report.html"
 HEAD_MEASURES = ("prev_token_score", "current_token_score", "induction_score", "prefix_matching_score",
@@ -187,13 +188,11 @@ def _unique_name(d: Path, dirs: Sequence[Path]) -> str:
 
 
 def _is_head(c: str) -> bool:
-    a, sep, b = c.partition(":")
-    return bool(sep) and a.isdigit() and b.isdigit()
+    return is_head_name(c)
 
 
 def _head_key(c: str) -> tuple[int, int]:
-    a, b = c.split(":")
-    return int(a), int(b)
+    return head_index(c)
 
 
 # ------------------------------------------------------------------------------------------------ one run's data

@@ -169,8 +169,8 @@ def select_steps(spec: str | Sequence[int] | None, available: Sequence[int], whe
 
 
 def expand_components(spec: str | Sequence[str], model_cfg) -> list[str]:  # noqa: ANN001
-    """Component names from a spec: a comma-separated string or list; "heads" expands to every head "l:h";
-    "a+b" names the union of a and b as one component. Names are checked against the model."""
+    """Canonical component names from a spec: a comma-separated string or list; "heads" expands to every head
+    "l:h"; "a+b" names the union of a and b as one component. Names are checked against the model."""
     from rllc.model import heads
     from rllc.model.components import Component
 
@@ -182,14 +182,16 @@ def expand_components(spec: str | Sequence[str], model_cfg) -> list[str]:  # noq
         if any(not x.strip() for x in p.split("+")):
             raise RllcError(f"component {p!r} has an empty part; write a union as a+b (e.g. 0:0+0:1)")
         for name in (heads(model_cfg) if p == "heads" else [p]):
-            Component.parse(model_cfg, name.split("+"))  # raises RllcError for unknown names
+            name = Component.parse(name, model_cfg).name  # raises RllcError for unknown names
             if name not in out:
                 out.append(name)
     return out
 
 
 def _is_head(name: str) -> bool:
-    return all(":" in p and not p.startswith("layer:") for p in name.split("+"))
+    from rllc.model.components import Component
+
+    return Component.parse(name).is_head
 
 
 @dataclass
@@ -333,7 +335,7 @@ def run_task(task: Task) -> list[ResultRow]:
         if not group:
             continue
         t0 = time.perf_counter()
-        results = estimate_llc_many(model, tokens, [c.split("+") for c in group], loss_fn=loss_fn,
+        results = estimate_llc_many(model, tokens, list(group), loss_fn=loss_fn,
                                     config=cfg.sampler)
         wall = (time.perf_counter() - t0) / len(group)
         for c, res in zip(group, results):
