@@ -79,11 +79,27 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     run = load_run(args.run_dir)
     cfg = run.config
-    print(json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict(),
-                      "tokenizer_id": cfg.tokenizer_id}, indent=1))
+    if hasattr(run, "provenance"):  # an imported series: where it came from instead of a training config
+        print(json.dumps({"model": cfg.model.to_dict(), "data": cfg.train.data, "imported": run.provenance,
+                          "tokenizer_id": cfg.tokenizer_id}, indent=1))
+    else:
+        print(json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict(),
+                          "tokenizer_id": cfg.tokenizer_id}, indent=1))
     table = run.checkpoints()
     print(f"{len(table)} checkpoints")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from rllc.runs import import_series
+
+    steps = [int(x) for x in args.steps.split(",")] if args.steps else None
+    run = import_series(args.src, args.out, data=args.data, steps=steps, copy=args.copy, tokenizer=args.tokenizer,
+                        n_ctx=args.n_ctx)
+    p, m = run.provenance, run.config.model
+    print(f"{run.path}: {len(run.steps)} checkpoints of a {p['family']} model ({m.n_layers} layers × {m.n_heads} "
+          f"heads, vocabulary {m.d_vocab}) from {p['source']} ({'copied' if p['copied'] else 'referenced'}); "
+          f"steps {run.steps[0]} … {run.steps[-1]}; pretrain data {args.data}")
 
 
 def cmd_heads(args: argparse.Namespace) -> None:
@@ -321,6 +337,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint table (step, tokens seen, train and validation loss).")
     p.add_argument("run_dir", help="run directory")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="make a run directory of your own model's checkpoint series",
+                       description="Make a run directory from a checkpoint series rllc did not train, so info, "
+                                   "llc, calibrate, sweep, heads, hessian, plot, export and report work on it. SRC "
+                                   "is a directory of save_pretrained snapshots named by step (checkpoint-1000/, "
+                                   "step_1000/, step1000/; GPT-2 or GPT-NeoX), a local Hugging Face cache of one "
+                                   "model with revisions stepN (the models--ORG--NAME directory, or hf:ORG/NAME), "
+                                   "or a directory of TransformerLens state dicts (step_N.safetensors) beside "
+                                   "their config.json. Weights are referenced, not copied (unless --copy); nothing "
+                                   "is downloaded.")
+    p.add_argument("src", help="the checkpoint series (see above)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--data", required=True, help="the model's pretraining data, recorded as 'pretrain': a text "
+                                                 "path or glob, a JSONL field, hf:... (tokenised with the model's "
+                                                 "own tokenizer)")
+    p.add_argument("--steps", help="only these steps, comma-separated (default every checkpoint found)")
+    p.add_argument("--copy", action="store_true", help="copy the weights into RUN_DIR/checkpoints/")
+    p.add_argument("--tokenizer", help="tokenizer.json (or its directory) when the snapshots have none")
+    p.add_argument("--n-ctx", type=int, help="window length of the data sets (default the model's context)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("heads", help="head analysis over training: scores, ablations, composition, head types",
                        description="Compute and store, over checkpoints, every head's previous-token, "

@@ -327,8 +327,14 @@ def _provenance(doc: _Doc, r: _RunData) -> list[str]:
         m, t = cfg.model, cfg.train
         facts += [("model", f"{m.n_layers} layers × {m.n_heads} heads, d_model {m.d_model}, d_head {m.d_head}, "
                             f"n_ctx {m.n_ctx}, vocabulary {m.d_vocab}"),
-                  ("training data", t.data), ("tokenizer id", cfg.tokenizer_id or "–"),
-                  ("training", f"{t.steps} steps, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}")]
+                  ("training data", t.data), ("tokenizer id", cfg.tokenizer_id or "–")]
+        prov = getattr(r.run, "provenance", None)
+        if prov is not None:  # an `rllc import`ed series: where it came from, not rllc training settings
+            facts += [("imported from", f"{prov['source']} ({prov['kind']}, {prov['family']}"
+                                        f"{', weights copied' if prov['copied'] else ''})"),
+                      ("revisions", ", ".join(prov["revisions"].values()))]
+        else:
+            facts += [("training", f"{t.steps} steps, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}")]
         ck = r.run.checkpoints()
         if len(ck):
             last = ck.iloc[-1]

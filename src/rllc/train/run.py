@@ -166,12 +166,18 @@ def checked_tokenizer(path: Path, config: RunConfig):  # noqa: ANN201 - tokenize
 
 
 def load_run(path: str | Path) -> Run:
-    """Open a run directory written by `rllc train`.
+    """Open a run directory written by `rllc train` or `rllc import` (an `ImportedRun`).
 
     Returns:
         Run with `.config`, `.tokenizer`, `.steps` and `.model_at(step)`.
     """
     path = Path(path)
     if not (path / "run.json").is_file():
-        raise RllcError(f"{path} is not an rllc run directory (no run.json); create one with `rllc train --out {path}`")
-    return Run(path, RunConfig.from_dict(read_json(path / "run.json", "run config"), path / "run.json"))
+        raise RllcError(f"{path} is not an rllc run directory (no run.json); create one with `rllc train --out {path}` "
+                        f"or import a checkpoint series with `rllc import SRC --out {path} --data SPEC`")
+    d = read_json(path / "run.json", "run config")
+    from rllc.runs.imported import IMPORT_FORMAT, load_imported
+
+    if isinstance(d, dict) and d.get("format") == IMPORT_FORMAT:
+        return load_imported(path, d)
+    return Run(path, RunConfig.from_dict(d, path / "run.json"))

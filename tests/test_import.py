@@ -1,0 +1,238 @@
+"""`rllc import`: external checkpoint series (GPT-2 and GPT-NeoX save_pretrained snapshots, a local Hugging Face
+cache with stepN revisions, TransformerLens state dicts) become run directories that every command reads.
+
+Everything is built here from configs; nothing is downloaded (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rllc import RllcError, load_run
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+transformers = pytest.importorskip("transformers", reason="transformers not installed (extra: rllc[hf])")
+
+FAST = dict(chains=2, draws=3, batch_size=4, init_batches=1, n_samples=16)
+N_CTX = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory, tiny_text) -> Path:
+    from rllc.data import save_tokenizer, train_tokenizer
+
+    texts = [p.read_text() for p in sorted(tiny_text.glob("*.txt"))]
+    return save_tokenizer(train_tokenizer(texts, vocab_size=300), tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+def _gpt2(seed: int, vocab: int):
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=16, n_positions=N_CTX, vocab_size=vocab, bos_token_id=0, eos_token_id=0))
+
+
+def _neox(seed: int, vocab: int):
+    torch.manual_seed(seed)
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        num_hidden_layers=2, num_attention_heads=2, hidden_size=16, intermediate_size=32,
+        max_position_embeddings=N_CTX, vocab_size=vocab, bos_token_id=0, eos_token_id=0))
+
+
+def _snapshots(root: Path, make, tokenizer_file: Path, names=("checkpoint-0", "checkpoint-10", "checkpoint-20")):
+    """A directory of save_pretrained snapshots whose weights drift from step to step."""
+    root.mkdir(parents=True)
+    base = make(0, 300)
+    for i, name in enumerate(names):
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.01 * i * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+        base.save_pretrained(root / name)
+        shutil.copy(tokenizer_file, root / name / "tokenizer.json")
+    return root
+
+
+def _hf_cache(root: Path, tokenizer_file: Path, steps=(0, 10, 20)) -> Path:
+    """A local HF cache laid out as huggingface_hub does: refs/stepN -> commit, snapshots/<commit>/files."""
+    repo = root / "models--acme--tiny-neox"
+    base = _neox(1, 300)
+    for s in steps:
+        commit = f"{s:040x}"
+        snap = repo / "snapshots" / commit
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(s)))
+        base.save_pretrained(snap)
+        shutil.copy(tokenizer_file, snap / "tokenizer.json")
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / f"step{s}").write_text(commit)
+    return repo
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rllc.cli", *args], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+
+
+# ------------------------------------------------------------------------------------------------ import itself
+def test_import_snapshots_references_weights_and_loads_each_step(tmp_path, tiny_text, tokenizer_file):
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "gpt2", _gpt2, tokenizer_file, names=("checkpoint-0", "step_10", "step20"))
+    run = import_series(src, tmp_path / "run", data=str(tiny_text), n_ctx=N_CTX)
+    assert run.steps == [0, 10, 20]
+    again = load_run(tmp_path / "run")
+    assert again.steps == [0, 10, 20] and again.provenance["family"] == "gpt2"
+    assert again.provenance["revisions"] == {"0": "checkpoint-0", "10": "step_10", "20": "step20"}
+    assert not (tmp_path / "run" / "checkpoints").exists()  # referenced, not copied
+    m = again.model_at(10)
+    ref = transformers.GPT2LMHeadModel.from_pretrained(src / "step_10").eval()
+    tokens = again.sample_tokens(n=4)
+    assert tokens.shape == (4, N_CTX) and int(tokens.max()) < 300
+    with torch.no_grad():
+        torch.testing.assert_close(m(tokens).logits, ref(tokens).logits)
+    assert not m.training
+    copied = import_series(src, tmp_path / "run_copy", data=str(tiny_text), n_ctx=N_CTX, copy=True, steps=[20])
+    assert copied.steps == [20] and (tmp_path / "run_copy" / "checkpoints" / "step_0000020").is_dir()
+    shutil.rmtree(src)
+    assert copied.model_at(20) is not None  # the copy does not depend on the source
+    with pytest.raises(RllcError, match="weights of step 10 are gone"):
+        again.model_at(10)
+
+
+def test_import_errors_are_one_line(tmp_path, tiny_text, tokenizer_file):
+    from rllc.runs import import_series
+
+    cache = _hf_cache(tmp_path / "hub", tokenizer_file, steps=(0, 10))
+    with pytest.raises(RllcError, match=r"revision step3000 of acme/tiny-neox is not in the local cache .*hf download "
+                                        r"acme/tiny-neox --revision step3000"):
+        import_series(cache, tmp_path / "r", data=str(tiny_text), steps=[0, 3000])
+    with pytest.raises(RllcError, match="no checkpoints found"):
+        import_series(tmp_path, tmp_path / "r2", data=str(tiny_text))
+    with pytest.raises(RllcError, match="not in the local Hugging Face cache"):
+        import_series("hf:acme/absent", tmp_path / "r3", data=str(tiny_text))
+    bert = tmp_path / "bert" / "step_1"
+    bert.mkdir(parents=True)
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (bert / "model.safetensors").write_bytes(b"")
+    with pytest.raises(RllcError, match="model_type 'bert' is not supported"):
+        import_series(tmp_path / "bert", tmp_path / "r4", data=str(tiny_text))
+    assert not any((tmp_path / d).exists() for d in ("r", "r2", "r3", "r4"))  # nothing written on a refusal
+
+
+def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
+    tl = pytest.importorskip("transformer_lens")
+    from rllc.model import Transformer
+    from rllc.runs import import_series
+    from safetensors.torch import save_file
+
+    for pos in ("shortformer", "standard"):
+        d = tmp_path / pos
+        d.mkdir()
+        cfg = tl.HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=N_CTX, d_head=8, n_heads=2, d_vocab=300,
+                                         attn_only=True, normalization_type="LN", positional_embedding_type=pos,
+                                         act_fn=None, d_mlp=None, seed=0)
+        ht = tl.HookedTransformer(cfg)
+        (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.to_dict().items()
+                                                   if isinstance(v, (int, float, str, bool, type(None)))}))
+        for s in (0, 5):
+            save_file({k: v.contiguous() for k, v in ht.state_dict().items()}, str(d / f"step_{s}.safetensors"))
+        shutil.copy(tokenizer_file, d / "tokenizer.json")
+        run = import_series(d, tmp_path / f"run_{pos}", data=str(tiny_text))
+        m = run.model_at(5)
+        tokens = run.sample_tokens(n=2)
+        with torch.no_grad():
+            torch.testing.assert_close(m(tokens), ht(tokens), atol=1e-5, rtol=1e-5)  # never mis-loaded
+        # rllc's own architecture becomes an rllc Transformer (per-head fast path); standard positions stay TL
+        assert isinstance(m, Transformer) == (pos == "shortformer")
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("neox_cache", marks=pytest.mark.slow)])
+def test_imported_series_end_to_end(tmp_path, tiny_text, tokenizer_file, family):
+    """import -> info -> llc -> sweep (heads and full model, two data sets) -> heads -> hessian -> report."""
+    from rllc.analysis import heads_command
+    from rllc.analysis.hessian_sweep import HessianSweepConfig, hessian_sweep
+    from rllc.analysis.hessian import HessianConfig
+    from rllc.report.html import write_report
+    from rllc.runs import import_series
+    from rllc.sweep import load_results, run_sweep
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file) if family == "gpt2" else \
+        _hf_cache(tmp_path / "hub", tokenizer_file)
+    run_dir = tmp_path / "run"
+    r = _cli("import", str(src), "--out", str(run_dir), "--data", str(tiny_text), "--n-ctx", str(N_CTX))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 checkpoints" in r.stdout
+    info = _cli("info", str(run_dir))
+    assert info.returncode == 0 and '"imported"' in info.stdout, info.stderr[-2000:]
+    res = run_sweep(run_dir, components="heads,all", data="pretrain,synthetic.ngram", steps="all", progress=False,
+                    **FAST)
+    assert res.computed == 3 * 5 * 2  # steps × (4 heads + all) × data sets
+    df = load_results(run_dir)
+    assert set(df.component) == {"0:0", "0:1", "1:0", "1:1", "all"} and set(df.data) == {"pretrain", "synthetic.ngram"}
+    assert np.isfinite(df.value).all()
+    again = run_sweep(run_dir, components="heads,all", data="pretrain,synthetic.ngram", progress=False, **FAST)
+    assert again.computed == 0
+    analysis = heads_command(run_dir, [0, 20])
+    assert {"0:0", "1:1"} <= set(analysis.table.component) and "label" in analysis.table
+    hs = hessian_sweep(run_dir, components="0:1,all", data="pretrain", steps="last",
+                       config=HessianSweepConfig(trace=HessianConfig(n_samples=4, n_probes=4, batch_size=4)))
+    assert hs.computed == 2
+    page = write_report(run_dir)
+    html = page.read_text()
+    assert "0:1" in html and "imported from" in html and str(src) in html
+
+
+_SWEEP = """
+import sys, torch
+torch.set_num_threads(1)
+from rllc.sweep import run_sweep
+r = run_sweep(sys.argv[1], components="heads,all", data="pretrain", steps="all", progress=False,
+              chains=2, draws=6, batch_size=4, init_batches=1, n_samples=16)
+print("COMPUTED", r.computed, flush=True)
+"""
+
+
+def _rows(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(run_dir / "results.sqlite", timeout=30) as con:
+            return con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "neox"])
+def test_imported_sweep_kill_9_and_resume(tmp_path, tiny_text, tokenizer_file, family):
+    from rllc.runs import import_series
+    from rllc.sweep import load_results, run_sweep
+
+    src = _snapshots(tmp_path / "src", _gpt2 if family == "gpt2" else _neox, tokenizer_file)
+    run_dir = tmp_path / "run"
+    import_series(src, run_dir, data=str(tiny_text), n_ctx=N_CTX)
+    proc = subprocess.Popen([sys.executable, "-c", _SWEEP, str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while _rows(run_dir) == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = _rows(run_dir)
+    assert 0 < at_kill < 15, f"the kill should land mid-sweep ({at_kill} rows)"
+    r = run_sweep(run_dir, components="heads,all", data="pretrain", progress=False,
+                  chains=2, draws=6, batch_size=4, init_batches=1, n_samples=16)
+    assert r.computed == 15 - at_kill
+    df = load_results(run_dir)
+    assert len(df) == 15 and not df.duplicated(["step", "component", "data"]).any()
