@@ -35,6 +35,8 @@ RUN_NAMES = ("demo", "a", "ref1", "s-seed1", "s-seed2", "s-seed3")  # every run 
 PARSE_ONLY = {
     "train": "training the cpu preset takes minutes; tests/test_train.py trains and resumes tiny runs",
     "demo": "the demo takes minutes; tests/test_demo.py runs it on a short run (slow)",
+    "import": "needs a checkpoint series on disk; tests/test_import.py imports GPT-2, GPT-NeoX, HF-cache and "
+              "TransformerLens series and runs every command on them",
 }
 PARSE_ONLY_FLAGS = {
     "--executor": "starting Ray takes tens of seconds; tests/test_sweep_ray.py runs sweeps on a local Ray",
