@@ -157,7 +157,7 @@ def _full_disk_files(mp: pytest.MonkeyPatch) -> None:
 
     from rllc.sweep import sweep as sweep_module
 
-    mp.setattr(sweep_module, "_FULL_DISK_WAIT_S", 0.0)
+    mp.setattr(sweep_module, "_FULL_DISK_WAIT_S", 0.0, raising=False)
     real_connect = store.ResultStore._connect
     mp.setattr(builtins, "open", full_open)
     mp.setattr(os, "fdopen", full_fdopen)

@@ -50,6 +50,7 @@ def test_runtime_is_local_and_loopback(ray_executor):
     assert len(nodes) == 1 and nodes[0]["NodeManagerAddress"] == "127.0.0.1"
     assert ray.cluster_resources()["CPU"] == 2
     assert any(p.name.startswith("session_") for p in Path(temp).iterdir())  # the runtime's files live here
+    assert Path(temp).stat().st_mode & 0o777 == 0o700  # Ray made it 0777; inside a run directory, only ours
     # Workers inherit the settings too.
     probe = ray.remote(lambda: {k: os.environ.get(k) for k in env})
     assert ray.get(probe.remote()) == env
