@@ -158,6 +158,7 @@ def _full_disk_files(mp: pytest.MonkeyPatch) -> None:
     from rllc.sweep import sweep as sweep_module
 
     mp.setattr(sweep_module, "_FULL_DISK_WAIT_S", 0.0, raising=False)
+    mp.setattr("rllc.train.loop.FULL_DISK_WAIT_S", 0.0, raising=False)
     real_connect = store.ResultStore._connect
     mp.setattr(builtins, "open", full_open)
     mp.setattr(os, "fdopen", full_fdopen)
@@ -645,3 +646,32 @@ def test_torn_metrics_line_is_tolerated_and_repaired(tmp_path):
     p.write_text('{"step": 5, "tr\n{"step": 10, "train_loss": 1.0}\n')  # damage before the end is not a tear
     with pytest.raises(RllcError, match="line 1"):
         read_jsonl(p)
+
+
+def test_training_holds_a_checkpoint_while_the_disk_is_full(tiny_text, tmp_path, monkeypatch, capsys):
+    """Two failed writes of the same checkpoint, then space: training goes on, the checkpoints equal those of a
+    run that never met a full disk."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rllc._errors import DiskFullError
+    from rllc.train import loop, train_model
+    from tests.conftest import tiny_configs
+
+    cfgs = tiny_configs(tiny_text, steps=20)
+    clean = train_model(*cfgs, tmp_path / "clean", progress=False)
+    real, fails = loop.save_tensors, iter([False, False, True, True])  # step 0: weights, state; step 10 fails twice
+
+    def save_tensors(path, tensors, meta=None):  # noqa: ANN001, ANN202
+        if next(fails, False):
+            raise DiskFullError(f"disk full writing checkpoint {path} (simulated)")
+        return real(path, tensors, meta)
+
+    monkeypatch.setattr(loop, "save_tensors", save_tensors)
+    monkeypatch.setattr(loop, "FULL_DISK_WAIT_S", 0.0)
+    full = train_model(*cfgs, tmp_path / "full", progress=False)
+    assert full.steps == clean.steps == [0, 10, 20]
+    assert capsys.readouterr().err.count("step 10 is held in memory") == 2
+    for s in full.steps:
+        a, b = load_file(str(full.checkpoint_path(s))), load_file(str(clean.checkpoint_path(s)))
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rllc import __version__
-from rllc._errors import RllcError, check_writable, writing
+from rllc._errors import DiskFullError, RllcError, check_writable, writing
 from rllc.model.config import ModelConfig
 from rllc.model.transformer import Transformer
-from rllc.train.checkpoints import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_jsonl, save_tensors
+from rllc.train.checkpoints import (
+    atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_jsonl, save_tensors,
+)
 from rllc.train.config import TrainConfig, checkpoint_schedule
 from rllc.train.run import Run, RunConfig, checkpoint_name, load_run
 
@@ -51,6 +53,9 @@ def _lr_lambda(cfg: TrainConfig):  # noqa: ANN202
     return f
 
 
+# A full disk at a checkpoint: the weights stay in memory and the write is retried this often before giving up.
+FULL_DISK_RETRIES = 6
+FULL_DISK_WAIT_S = 10.0
 _PREPARED = {"tokenizer.json", "data"}  # what a fresh run directory may hold before its run.json is written
 
 
@@ -212,12 +217,21 @@ def train_model(
 
     def checkpoint(step: int, train_loss: float | None) -> float:
         val_loss = _evaluate(model, val_ds, train_cfg, device)
-        save_tensors(out / "checkpoints" / f"{checkpoint_name(step)}.safetensors", model.state_dict())
         meta = {"step": step, "tokens_seen": step * tokens_per_step, "train_loss": train_loss, "val_loss": val_loss,
                 "data": train_cfg.data, "tokenizer_id": run_cfg.tokenizer_id, "rllc_version": __version__}
-        atomic_write_json(out / "checkpoints" / f"{checkpoint_name(step)}.json", meta)  # written last: the commit
-        _save_state(out, step, model, opt, gen)
-        return val_loss
+        for attempt in range(FULL_DISK_RETRIES + 1):  # a full disk: the model waits in memory for space
+            try:
+                save_tensors(out / "checkpoints" / f"{checkpoint_name(step)}.safetensors", model.state_dict())
+                atomic_write_json(out / "checkpoints" / f"{checkpoint_name(step)}.json", meta)  # last: the commit
+                _save_state(out, step, model, opt, gen)
+                return val_loss
+            except DiskFullError as e:
+                if attempt == FULL_DISK_RETRIES:
+                    raise
+                print(f"\nrllc: {e}; step {step} is held in memory: retrying in {FULL_DISK_WAIT_S:g} s "
+                      "(free space now)", file=sys.stderr)
+                time.sleep(FULL_DISK_WAIT_S)
+        raise AssertionError("unreachable")
 
     if start == 0 and not (out / "checkpoints" / f"{checkpoint_name(0)}.json").exists():
         checkpoint(0, None)
