@@ -138,7 +138,7 @@ def _write_cache_files(source: str, tokenizer: Tokenizer, bin_path: Path, meta_p
                 # Too few documents to split by document: the last tokens of the stream are the validation split.
                 ft.flush()
                 fv.flush()
-                stream = np.concatenate([np.fromfile(tmp_train, dtype=np.uint16), np.fromfile(tmp_val, dtype=np.uint16)])
+                stream = np.concatenate([np.fromfile(t, dtype=np.uint16) for t in (tmp_train, tmp_val)])
                 k = _val_tokens(len(stream))
                 ft.seek(0)
                 ft.truncate(0)
