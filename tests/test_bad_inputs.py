@@ -85,6 +85,11 @@ def _swap_ref_tokenizer(p: dict[str, Path]) -> None:
     shutil.copy(p["other_tokenizer"], p["ref"] / "tokenizer.json")
 
 
+def _other_tokenizer_id(p: dict[str, Path]) -> None:
+    meta = json.loads((p["run"] / "checkpoints" / "step_0000040.json").read_text())
+    (p["run"] / "checkpoints" / "step_0000040.json").write_text(json.dumps({**meta, "tokenizer_id": "0123456789abcdef"}))
+
+
 def _oov_cache(p: dict[str, Path]) -> None:
     for b in (p["run"] / "data").glob("*.bin"):
         a = np.memmap(b, dtype=np.uint16, mode="r+")
@@ -289,6 +294,15 @@ CASES = [
     Case("sweep-ref-missing", ["sweep", R, "--data", "model:{dir}/nope@last", *FAST], match="nope"),
     Case("sweep-ref-bad-step", ["sweep", R, "--data", "model:{ref}@999", *FAST], match="999"),
     Case("sweep-ref-step-text", ["sweep", R, "--data", "model:{ref}@x", *FAST], match="'x'"),
+    Case("sweep-data-missing", ["sweep", R, "--data", "{dir}/nope.txt", *FAST], match="nope.txt"),
+    Case("sweep-data-unknown", ["sweep", R, "--data", "wikipedia", *FAST], match="wikipedia"),
+    Case("sweep-data-bad-jsonl", ["sweep", R, "--data", "{small}.jsonl", *FAST], match="jsonl"),
+    Case("hessian-data-missing", ["hessian", R, "--data", "{dir}/nope.txt", "--quiet"], match="nope.txt"),
+    Case("hessian-component-unknown", ["hessian", R, "--components", "7:7", "--quiet"], match="7:7"),
+    Case("ckpt-from-other-run", ["llc", R, "--step", "40", *FAST], setup=_other_tokenizer_id,
+         match="tokenizer"),
+    Case("calibrate-plot-dir-missing", ["calibrate", R, "--epsilons", "1e-3", *FAST, "--plot", "{small}/c.png"],
+         match="small.txt is a file"),
     Case("sweep-data-twice", ["sweep", R, "--data", "code,code", *FAST], match="twice"),
     Case("sweep-executor-unknown", ["sweep", R, "--executor", "slurm", *FAST], match="executor"),
     Case("sweep-full-disk", ["sweep", R, "--components", "0:0", "--steps", "last", *FAST, "--quiet"],

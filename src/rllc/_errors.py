@@ -54,6 +54,9 @@ def read_only_error(directory: str | Path, what: str = "") -> ReadOnlyError:
 
 def check_writable(directory: str | Path, what: str = "") -> None:
     """Raise a one-line ReadOnlyError naming `directory` unless files can be created in it."""
+    near = _existing(Path(directory))
+    if near.is_file():
+        raise RllcError(f"{near} is a file, not a folder; pick another path")
     if not is_writable(directory):
         raise read_only_error(_existing(Path(directory)), what)
 

@@ -90,6 +90,13 @@ def load_reference(run, spec: str):  # noqa: ANN001, ANN201 - (Run, str) -> (Tra
 def check_data_spec(run, spec: str) -> None:  # noqa: ANN001
     """Cheap up-front validation on the driver (nothing is tokenised or loaded but configs and tokenizers)."""
     run.tokenizer  # noqa: B018 - checks tokenizer.json is the run's own (before any stored row is trusted)
+    if not is_model_spec(spec) and spec != "pretrain":  # the run's own data were checked when it trained
+        from rllc.data import iter_documents, parse_data_spec
+        from rllc.data.corpora import is_user_source
+
+        for part in parse_data_spec(spec).parts:
+            if is_user_source(part.source) and not part.source.startswith("hf:"):
+                iter_documents(part.source)  # a missing path fails here, before anything is stored
     if is_model_spec(spec):
         from rllc.train import load_run
 

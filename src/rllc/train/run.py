@@ -103,6 +103,10 @@ class Run:
     def model_at(self, step: int, device: str | torch.device = "cpu") -> Transformer:
         """The model at a checkpoint step, in eval mode."""
         self._check_step(step)
+        made_with = self.metadata(step).get("tokenizer_id")
+        if made_with and self.config.tokenizer_id and made_with != self.config.tokenizer_id:
+            raise RllcError(f"checkpoint {self.checkpoint_path(step)} was trained with tokenizer {made_with}, this "
+                            f"run with {self.config.tokenizer_id}: it comes from another run; remove it")
         return load_model(self.checkpoint_path(step), self.config.model, device).eval()
 
     def metadata(self, step: int) -> dict[str, Any]:
