@@ -273,3 +273,18 @@ def test_wired_previous_token_and_induction_heads_are_found_through_hooks():
     assert labels.loc["1:0", "label"] == "induction", labels.loc["1:0", "evidence"]
     assert labels.loc["1:0", "induction_score"] > 0.6
     assert (labels.drop(index=["0:0", "1:0"]).label == "unlabelled").all()
+
+
+def test_grouped_query_attention_heads_share_their_key_value_head():
+    tl = pytest.importorskip("transformer_lens", reason="TransformerLens 3.9.0 not installed (extra: rllc[tl])")
+    cfg = tl.HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=30, d_mlp=32,
+                                     act_fn="gelu", n_key_value_heads=2, normalization_type="LN",
+                                     positional_embedding_type="rotary")
+    ht = tl.HookedTransformer(cfg)
+    m = component_masks(ht, "0:3")  # query head 3 uses K/V head 3 // 2 = 1
+    assert int(m["blocks.0.attn.W_Q"][3].sum()) == 16 * 4 and int(m["blocks.0.attn.W_Q"].sum()) == 16 * 4
+    assert bool(m["blocks.0.attn._W_K"][1].all()) and not bool(m["blocks.0.attn._W_K"][0].any())
+    assert bool(m["blocks.0.attn._b_V"][1].all()) and "blocks.0.attn.b_O" not in m
+    layer = component_masks(ht, "layer:0")
+    assert "blocks.0.mlp.W_in" in layer and "blocks.0.ln2.w" in component_masks(ht, "ln")
+    assert adapt(ht).native() is ht  # MLPs and rotary positions: never converted to rllc's model

@@ -190,6 +190,14 @@ def test_imported_series_end_to_end(tmp_path, tiny_text, tokenizer_file, family)
     hs = hessian_sweep(run_dir, components="0:1,all", data="pretrain", steps="last",
                        config=HessianSweepConfig(trace=HessianConfig(n_samples=4, n_probes=4, batch_size=4)))
     assert hs.computed == 2
+    from rllc.cli import main
+
+    cheap = ["--chains", "2", "--draws", "3", "--batch-size", "4", "--n-samples", "16", "--quiet"]
+    assert main(["llc", str(run_dir), "--component", "0:1,0:0", "--data", "synthetic.ngram", *cheap]) == 0
+    assert main(["plot", str(run_dir)]) == 0 and main(["export", str(run_dir)]) == 0
+    assert (run_dir / "results.csv").is_file() and any((run_dir / "plots").glob("*.png"))
+    if family != "gpt2":  # the slow variant also calibrates
+        assert main(["calibrate", str(run_dir), "--epsilons", "1e-3", "--nbetas", "30", *cheap]) == 0
     page = write_report(run_dir)
     html = page.read_text()
     assert "0:1" in html and "imported from" in html and str(src) in html
