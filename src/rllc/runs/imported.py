@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from rllc._errors import RllcError
+from rllc._errors import RllcError, check_writable, writing
 from rllc.model.adapters import ModelShape
 from rllc.train.checkpoints import atomic_write_json, read_json
 from rllc.train.config import TrainConfig
@@ -337,8 +337,10 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     window = shape.n_ctx if n_ctx is None else int(n_ctx)
     if not 2 <= window <= shape.n_ctx:
         raise RllcError(f"--n-ctx {window} must be between 2 and the model's context length {shape.n_ctx}")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tok_path, out / "tokenizer.json")
+    check_writable(out, "cannot write the run directory; pass --out a writable folder")
+    with writing(out, what="run directory"):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tok_path, out / "tokenizer.json")
     if copy:
         for st, c in found["checkpoints"].items():
             dst = out / "checkpoints" / f"step_{int(st):07d}"
@@ -346,10 +348,11 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
             if not dst.exists():
                 tmp = dst.with_name(dst.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                for f in ([p] if p.is_file() else [x for x in p.iterdir() if x.is_file()]):
-                    shutil.copy2(f.resolve(), tmp / f.name)
-                tmp.rename(dst)
+                with writing(tmp, what="copied weights"):
+                    tmp.mkdir(parents=True)
+                    for f in ([p] if p.is_file() else [x for x in p.iterdir() if x.is_file()]):
+                        shutil.copy2(f.resolve(), tmp / f.name)
+                    tmp.rename(dst)
             c["path"] = str((dst / p.name) if p.is_file() else dst)
     record = {"format": IMPORT_FORMAT, "source": found["source"], "kind": found["kind"], "repo": found["repo"],
               "family": found["family"], "config": found["config"], "checkpoints": found["checkpoints"],
