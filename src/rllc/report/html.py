@@ -297,6 +297,7 @@ class _RunData:
 
 def _run_section(doc: _Doc, r: _RunData, *, prefix: str, multi: bool) -> Section:
     parts = [
+        ("findings", "Findings", lambda: _findings(doc, r)),
         ("config", "Configuration and provenance", lambda: _provenance(doc, r)),
         ("loss", "Loss and full-model LLC, with stages", lambda: _loss_llc(doc, r)),
         ("heads", "Per-head rLLC curves", lambda: _head_curves(doc, r)),
@@ -313,6 +314,27 @@ def _run_section(doc: _Doc, r: _RunData, *, prefix: str, multi: bool) -> Section
     if not multi:
         return Section("run", r.name, children=children)
     return Section(prefix + "run", f"Run {r.name}", [f"<p class=path>{_e(r.path.resolve())}</p>"], children)
+
+
+def _findings(doc: _Doc, r: _RunData) -> list[str]:
+    """The sampler used (and its measured bias against the paper's), then the paper's findings, numbered."""
+    from rllc.analysis.findings import evaluate
+
+    ck = sorted(r.run.steps) if r.run is not None else sorted(set(r.results.step))
+    found = evaluate(r.results, r.configs, r.llc_hash, stages=r.stages, types=r.types,
+                     assignments={layer: cr.assignment() for layer, cr in r.cluster_results.items()},
+                     train_data=r.run.config.train.data if r.run is not None else "", checkpoint_steps=ck)
+    out = [f"<p><b>Sampler.</b> {_e(found.sampler)}. <b>Bias.</b> {_e(found.bias_line)}. To rerun at the paper's "
+           f"settings (the sweep's defaults are the paper's sampler; --no-paired gives its estimator exactly): "
+           f"<code>rllc sweep {_e(r.cmd)} --components heads,all --data pretrain,code --no-paired</code>.</p>"]
+    if len(found.bias):
+        out.append(doc.table(found.bias, "This run's sampler against the paper's settings (4 chains × 200 draws, "
+                                         "batch 32) on the same checkpoint, component and data: ratio = this run's "
+                                         "λ̂ / the paper-settings λ̂; paper_se is the latter's standard error."))
+    lis = "".join(f"<li><b>{_e(f.title)}</b> — <i>{_e(f.verdict)}</i>. Claim: {_e(f.claim)}. "
+                  f"Evidence: {_e(f.evidence)}.</li>" for f in found.findings)
+    out.append(f"<ol class=findings>{lis}</ol>")
+    return out
 
 
 def _provenance(doc: _Doc, r: _RunData) -> list[str]:

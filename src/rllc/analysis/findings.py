@@ -1,0 +1,313 @@
+"""The paper's findings, each tested on one run's stored results, with its evidence and a verdict.
+
+Every function reads the long-form results store (`rllc.load_results`, with `extra`) and returns a `Finding`:
+the claim tested, the evidence (numbers), and a verdict "reproduced", "not reproduced" or "not applicable" (the
+run lacks what the claim is about, e.g. no nested-bracket data). The criterion behind each verdict is written
+into the evidence, so a reader can disagree with it. `sampler_bias` compares the run's sampler with the paper's
+settings where both were measured (`rllc demo --preset long` stores such a check).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+VERDICTS = ("reproduced", "not reproduced", "not applicable")
+# The paper's sampler (every rLLC figure): what `sampler_bias` looks for among the stored settings.
+PAPER_SAMPLER = {"epsilon": 1e-3, "nbeta": 30.0, "gamma": 200.0, "chains": 4, "draws": 200, "burn_in": 0,
+                 "batch_size": 32}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding: `title` (with the paper's section), the `claim` tested, its `evidence`, and a `verdict`."""
+
+    title: str
+    claim: str
+    evidence: str
+    verdict: str
+
+
+def _heads(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame.component.str.fullmatch(r"\d+:\d+")]
+
+
+def differentiation(assignments: Mapping[int, Mapping[str, int]], types: Mapping[str, str]) -> Finding:
+    """§4.1: wrLLC curves cluster by behavioural type.
+
+    Args:
+        assignments: layer → (head → cluster), clusters fit on the raw curves (`cluster_layer`).
+        types: head → type (`label_heads`).
+    Verdict: reproduced when, over all clustered and typed heads (clusters kept apart by layer), the adjusted Rand
+    index is at least 0.5 and the purity at least 0.75.
+    """
+    from rllc.analysis.clustering import type_agreement
+
+    claim = "per-head wrLLC curves (clustered raw, as in F.5.1) group the heads by behavioural type"
+    pooled = {h: layer * 100 + c for layer, a in assignments.items() for h, c in a.items()}
+    agree = type_agreement(pooled, types)
+    if not assignments or agree.n < 3:
+        return Finding("Differentiation (§4.1)", claim,
+                       f"{agree.n} heads have both a cluster and a type (need 3)", "not applicable")
+    per_layer = "; ".join(
+        f"layer {layer}: " + ", ".join(f"{h}→c{c} ({types.get(h, '?')})" for h, c in sorted(a.items()))
+        for layer, a in sorted(assignments.items()))
+    ok = agree.ari >= 0.5 and agree.purity >= 0.75
+    return Finding("Differentiation (§4.1)", claim,
+                   f"ARI {agree.ari:.2f}, purity {agree.purity:.2f} over {agree.n} heads (criterion: ARI ≥ 0.5 and "
+                   f"purity ≥ 0.75); {per_layer}", "reproduced" if ok else "not reproduced")
+
+
+def _last_common(d: pd.DataFrame, data: Sequence[str]) -> int | None:
+    steps = None
+    for s in data:
+        have = set(d[d.data == s].step)
+        steps = have if steps is None else steps & have
+    return max(steps) if steps else None
+
+
+def specialisation(llc: pd.DataFrame, types: Mapping[str, str], *, rich: str = "synthetic.repeat",
+                   poor: str = "prose", base: str = "pretrain", behaviour: str = "induction") -> Finding:
+    """§4.2: a data set rich in the pattern a head implements raises its drLLC relative to its wrLLC.
+
+    Args:
+        llc: LLC rows of one sampler setting (measure "llc").
+        types: head → type.
+        rich, poor: data sets with more and fewer of `behaviour`'s pattern than the pre-training data `base`.
+    Verdict: reproduced when, at the last step with all three, the `behaviour` heads' mean ratio drLLC/wrLLC on
+    `rich` exceeds 1, exceeds their ratio on `poor`, and exceeds the other heads' mean ratio on `rich`.
+    """
+    claim = (f"{behaviour} heads' drLLC rises above their wrLLC on data rich in their pattern ({rich}) and not on "
+             f"data poor in it ({poor}), unlike other heads")
+    d = _heads(llc)
+    d = d[d.valid.astype(bool)] if "valid" in d else d
+    step = _last_common(d, (base, rich, poor))
+    chosen = [h for h, t in types.items() if t == behaviour]
+    if step is None or not chosen:
+        why = (f"no step has head LLCs on {base}, {rich} and {poor}" if step is None
+               else f"no {behaviour} head among the typed heads")
+        return Finding("Specialisation (§4.2)", claim, why, "not applicable")
+    at = d[d.step == step].groupby(["component", "data"]).value.mean().unstack()
+    ratio = {s: at[s] / at[base] for s in (rich, poor, "code") if s in at}
+    others = [h for h in at.index if h not in chosen]
+    m = {s: float(ratio[s].reindex(chosen).mean()) for s in ratio}
+    o_rich = float(ratio[rich].reindex(others).mean()) if others else float("nan")
+    ok = m[rich] > 1 and m[rich] > m[poor] and (not others or m[rich] > o_rich)
+    rows = "; ".join(f"{h} ({types.get(h, '?')}): " + ", ".join(f"{s} {ratio[s][h]:.2f}" for s in ratio)
+                     for h in at.index)
+    return Finding("Specialisation (§4.2)", claim,
+                   f"step {step}, ratio drLLC/wrLLC: {behaviour} heads {rich} {m[rich]:.2f}, {poor} {m[poor]:.2f}"
+                   + (f", code {m['code']:.2f}" if "code" in m else "")
+                   + f"; other heads on {rich} {o_rich:.2f} (criterion: {behaviour} on {rich} > 1, > on {poor} and > "
+                   f"other heads). Per head: {rows}", "reproduced" if ok else "not reproduced")
+
+
+def stages_vs_induction(stages: Any, results: pd.DataFrame, checkpoint_steps: Sequence[int]) -> Finding:
+    """App. C / Hoogland et al.: the LLC's stage boundaries bracket the induction heads' formation.
+
+    Verdict: reproduced when the steepest rise of the best induction score has a stage boundary on each side and
+    the nearest is within one checkpoint interval (the gap between the checkpoints either side of the rise).
+    """
+    from rllc.analysis.stages import formation_timing
+
+    claim = "the full-model LLC's stage boundaries bracket the induction heads' formation (LM3 → LM4)"
+    if stages is None or not (results.measure == "induction_score").any():
+        return Finding("Stages vs induction (App. C)", claim, "no full-model LLC stages or no induction scores",
+                       "not applicable")
+    t = formation_timing(stages, results)
+    b = np.asarray(stages.boundaries, dtype=float)
+    before, after = b[b <= t.rise], b[b > t.rise]
+    ck = np.asarray(sorted(checkpoint_steps), dtype=float)
+    lo = ck[ck <= t.rise].max(initial=ck.min())
+    hi = ck[ck > t.rise].min(initial=ck.max())
+    interval = hi - lo
+    near = abs(t.boundary.steps) if not math.isnan(t.boundary.steps) else float("inf")
+    ok = len(before) > 0 and len(after) > 0 and near <= interval
+    return Finding("Stages vs induction (App. C)", claim,
+                   f"{t.sentence()}; boundaries {', '.join(f'{x:.0f}' for x in b) or 'none'}; checkpoint interval "
+                   f"around the rise {interval:.0f} steps (criterion: a boundary before and after the rise, the "
+                   f"nearest within one interval: {near:.0f})", "reproduced" if ok else "not reproduced")
+
+
+def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_data: str) -> Finding:
+    """§4.3: layer-0 multigram heads feed a layer-1 Dyck head (path patching), when the data has nested brackets.
+
+    Verdict: not applicable without synthetic Dyck data in the training mix; else reproduced when a layer-1 head
+    is typed Dyck and patching the path from layer 0 into it raises the loss on nested brackets more than on
+    unnested ones.
+    """
+    claim = "a layer-1 Dyck head is fed by layer-0 multigram heads (path patching, nested > unnested)"
+    if "dyck" not in train_data:
+        return Finding("Multigram circuit (§4.3)", claim,
+                       f"the training mix {train_data!r} has no nested-bracket (synthetic.dyck) data",
+                       "not applicable")
+    dyck = [h for h, t in types.items() if t == "dyck" and h.startswith("1:")]
+    if not dyck:
+        return Finding("Multigram circuit (§4.3)", claim, "no layer-1 head is typed Dyck", "not reproduced")
+    p = results[results.measure.str.startswith("path_patching") & (results.step == results.step.max())]
+    parts, ok = [], False
+    for h in dyck:
+        g = p[p.component == f"layer0->{h}"].set_index("measure").value
+        nest, unnest = g.get("path_patching_nested", float("nan")), g.get("path_patching_unnested", float("nan"))
+        parts.append(f"{h}: layer 0 → {h} path patching +{nest:.3f} nats nested vs +{unnest:.3f} unnested")
+        ok |= bool(nest > unnest)
+    return Finding("Multigram circuit (§4.3)", claim, "; ".join(parts), "reproduced" if ok else "not reproduced")
+
+
+def hessian_vs_llc(results: pd.DataFrame, llc: pd.DataFrame) -> Finding:
+    """App. D: the full-model Hessian trace beside the LLC — do they tell the same developmental story?
+
+    Verdict: reproduced (the paper's point that curvature and the LLC are different measures) when the Spearman
+    rank correlation between the trace and the LLC over the common checkpoints is below 0.9; not reproduced when
+    the trace follows the LLC that closely.
+    """
+    claim = "the Hessian trace is not a proxy for the LLC: over training they do not move together (ρ < 0.9)"
+    tr = results[(results.measure == "hessian_trace") & (results.component == "all") & (results.data == "pretrain")]
+    full = llc[(llc.component == "all") & (llc.data == "pretrain")]
+    both = pd.concat([tr.groupby("step").value.mean().rename("trace"),
+                      full.groupby("step").value.mean().rename("llc")], axis=1).dropna()
+    if len(both) < 4:
+        return Finding("Hessian trace vs LLC (App. D)", claim,
+                       f"{len(both)} checkpoints have both a Hessian trace and an LLC (need 4)", "not applicable")
+    rho = float(both.trace.rank().corr(both.llc.rank()))
+    first, last = both.iloc[0], both.iloc[-1]
+    return Finding("Hessian trace vs LLC (App. D)", claim,
+                   f"Spearman ρ = {rho:.2f} over {len(both)} checkpoints; trace {first.trace:.3g} → {last.trace:.3g}, "
+                   f"LLC {first.llc:.3g} → {last.llc:.3g} (steps {int(both.index[0])}–{int(both.index[-1])})",
+                   "reproduced" if rho < 0.9 else "not reproduced")
+
+
+def sampler_description(config: Mapping[str, Any] | None) -> str:
+    """One line naming a stored sweep config's sampler and how it differs from the paper's."""
+    if not config:
+        return "sampler settings not recorded"
+    s = config.get("sampler", config)
+    keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size")
+    diff = [f"{k} {s.get(k)} (paper {PAPER_SAMPLER[k]:g})" for k in keys
+            if k in s and not math.isclose(float(s[k]), float(PAPER_SAMPLER[k]))]
+    text = (f"SGLD ε {s.get('epsilon')}, nβ {s.get('nbeta')}, γ {s.get('gamma')}, {s.get('chains')} chains × "
+            f"{s.get('draws')} draws after {s.get('burn_in', 0)} burn-in steps, batch {s.get('batch_size')}"
+            f"{', paired differences' if s.get('paired') else ''}, n = {config.get('n_samples', '?')} windows")
+    return text + ("; differs from the paper in " + ", ".join(diff) if diff else "; the paper's settings")
+
+
+def _is_paper(config: Mapping[str, Any]) -> bool:
+    s = config.get("sampler", {})
+    return all(k in s and math.isclose(float(s[k]), float(v)) for k, v in PAPER_SAMPLER.items())
+
+
+def sampler_bias(llc_all: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]], primary: str) -> pd.DataFrame:
+    """The run's sampler against the paper's settings wherever both estimated the same (step, component, data).
+
+    Args:
+        llc_all: every stored LLC row (all config hashes). configs: config hash → stored config.
+        primary: the config hash of the run's main curves.
+    Returns:
+        Rows step, component, data, value (primary), paper, ratio (value / paper), paper_se (std / √chains);
+        empty when no paper-settings estimate is stored.
+    """
+    cols = ["step", "component", "data", "value", "paper", "ratio", "paper_se"]
+    paper = [h for h, c in configs.items() if h != primary and _is_paper(c)]
+    if not paper:
+        return pd.DataFrame(columns=cols)
+    ok = llc_all.valid.astype(bool) if "valid" in llc_all else True
+    a = llc_all[(llc_all.config_hash == primary) & ok]
+    b = llc_all[llc_all.config_hash.isin(paper) & ok]
+    key = ["step", "component", "data"]
+    m = a.groupby(key).value.mean().to_frame().join(
+        b.groupby(key).agg(paper=("value", "mean"), paper_std=("std", "mean")), how="inner").reset_index()
+    chains = int(configs[paper[0]].get("sampler", {}).get("chains", 4))
+    m["ratio"] = m.value / m.paper
+    m["paper_se"] = m.paper_std / math.sqrt(chains)
+    return m[cols]
+
+
+def bias_sentence(bias: pd.DataFrame) -> str:
+    """One line summarising `sampler_bias` (mean and range of the ratio)."""
+    if bias.empty:
+        return ""
+    r = bias.ratio
+    return (f"measured against the paper's settings (4 × 200 draws, batch 32) on {len(bias)} estimates "
+            f"({bias.component.nunique()} components × {bias.step.nunique()} checkpoints): ratio {r.mean():.2f} on "
+            f"average, from {r.min():.2f} to {r.max():.2f} (within 10%: {int(((r - 1).abs() <= 0.1).sum())} of "
+            f"{len(r)})")
+
+
+@dataclass(frozen=True)
+class RunFindings:
+    """Everything the report's first section states: the sampler, its measured bias, the numbered findings."""
+
+    sampler: str
+    bias: pd.DataFrame
+    bias_line: str
+    findings: tuple[Finding, ...]
+
+    def lines(self) -> list[str]:
+        """Plain-text lines for a terminal summary."""
+        out = [f"sampler: {self.sampler}", f"sampler bias: {self.bias_line}"]
+        out += [f"finding {i}. {f.title}: {f.verdict.upper()} — {f.evidence}" for i, f in enumerate(self.findings, 1)]
+        return out
+
+
+NOT_MEASURED = ("not measured in this run; `rllc demo --preset long` stores a check against the paper's settings "
+                "(the README gives the demo sampler's measured bias)")
+
+
+def evaluate(results: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]], llc_hash: str | None, *,
+             stages: Any, types: Mapping[str, str], assignments: Mapping[int, Mapping[str, int]],
+             train_data: str, checkpoint_steps: Sequence[int]) -> RunFindings:
+    """All findings of one run from what is already loaded (the report and the demo both call this).
+
+    Args:
+        results: the run's long-form results with `extra`; configs: config hash → stored config.
+        llc_hash: the config hash of the run's main LLC curves. stages: `curve_stages` of the full-model LLC.
+        types: head → type at the last analysed step. assignments: layer → (head → cluster).
+        train_data: the training data spec. checkpoint_steps: every checkpoint of the run.
+    """
+    llc_all = results[results.measure == "llc"]
+    llc = llc_all[llc_all.config_hash == llc_hash] if llc_hash is not None else llc_all.iloc[:0]
+    bias = sampler_bias(llc_all, configs, llc_hash or "")
+    items = (differentiation(assignments, types), specialisation(llc, types),
+             stages_vs_induction(stages, results, checkpoint_steps), multigram_circuit(results, types, train_data),
+             hessian_vs_llc(results, llc))
+    return RunFindings(sampler_description(configs.get(llc_hash) if llc_hash else None), bias,
+                       bias_sentence(bias) or NOT_MEASURED, items)
+
+
+def evaluate_run(run_dir: Any) -> RunFindings:
+    """`evaluate` for a run directory: loads the store, the stages, the head types and the clusters itself."""
+    from pathlib import Path
+
+    from rllc.analysis.clustering import cluster_layer
+    from rllc.analysis.stages import curve_stages
+    from rllc.sweep.store import ResultStore
+    from rllc.train import load_run
+
+    run = load_run(Path(run_dir))
+    store = ResultStore(run.path)
+    results, configs = store.frame(with_extra=True), store.configs()
+    llc_all = results[results.measure == "llc"]
+    llc_hash = str(llc_all.config_hash.value_counts().index[0]) if len(llc_all) else None
+    llc = llc_all[llc_all.config_hash == llc_hash]
+    stages = None
+    if ((llc.component == "all") & (llc.data == "pretrain")).any():
+        stages = curve_stages(llc, component="all", data="pretrain")
+    t = results[results.measure == "head_type"]
+    t = t[t.step == t.step.max()] if len(t) else t
+    types = {c: str(x.get("label", "unlabelled")) for c, x in zip(t.component, t.extra)}
+    assignments = {}
+    if {"pretrain", "code"} <= set(llc.data):
+        for layer in range(run.config.model.n_layers):
+            assignments[layer] = cluster_layer(llc, layer).assignment()
+    return evaluate(results, configs, llc_hash, stages=stages, types=types, assignments=assignments,
+                    train_data=run.config.train.data, checkpoint_steps=run.steps)
+
+
+__all__: Sequence[str] = ["Finding", "PAPER_SAMPLER", "RunFindings", "VERDICTS", "bias_sentence",
+                          "differentiation", "evaluate", "evaluate_run", "hessian_vs_llc", "multigram_circuit", "sampler_bias", "sampler_description",
+                          "specialisation", "stages_vs_induction"]

@@ -1,0 +1,99 @@
+"""The paper's findings on hand-made results with known verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllc.analysis.findings import (
+    differentiation,
+    hessian_vs_llc,
+    multigram_circuit,
+    sampler_bias,
+    sampler_description,
+    specialisation,
+    stages_vs_induction,
+)
+
+
+def _llc_rows(values: dict[tuple[str, str], float], step: int = 100, h: str = "h") -> list[dict]:
+    return [dict(step=step, component=c, data=d, measure="llc", value=v, std=0.1, valid=True, config_hash=h)
+            for (c, d), v in values.items()]
+
+
+def test_differentiation_verdict_follows_the_agreement():
+    types = {"0:0": "previous-token", "0:1": "n-gram", "1:0": "induction", "1:1": "induction"}
+    good = differentiation({0: {"0:0": 0, "0:1": 1}, 1: {"1:0": 0, "1:1": 0}}, types)
+    assert good.verdict == "reproduced" and "ARI 1.00" in good.evidence
+    bad = differentiation({0: {"0:0": 0, "0:1": 0}, 1: {"1:0": 0, "1:1": 1}}, types)
+    assert bad.verdict == "not reproduced"
+    assert differentiation({}, types).verdict == "not applicable"
+
+
+def test_specialisation_compares_rich_and_poor_data():
+    types = {"1:0": "induction", "1:1": "n-gram"}
+    v = {("1:0", "pretrain"): 2.0, ("1:0", "synthetic.repeat"): 2.6, ("1:0", "prose"): 1.2,
+         ("1:1", "pretrain"): 3.0, ("1:1", "synthetic.repeat"): 2.4, ("1:1", "prose"): 3.3}
+    f = specialisation(pd.DataFrame(_llc_rows(v)), types)
+    assert f.verdict == "reproduced" and "synthetic.repeat 1.30" in f.evidence
+    v[("1:0", "synthetic.repeat")] = 1.8  # the induction head falls on repeats: the opposite of the paper
+    assert specialisation(pd.DataFrame(_llc_rows(v)), types).verdict == "not reproduced"
+    assert specialisation(pd.DataFrame(_llc_rows(v)), {"1:1": "n-gram"}).verdict == "not applicable"
+
+
+def test_stage_finding_needs_boundaries_on_both_sides_within_an_interval():
+    from rllc.analysis.stages import StageConfig, detect_stages
+
+    steps = np.unique(np.round(np.geomspace(1, 5000, 80)))
+    x = np.log1p(steps)
+    # Extremes near x = 1.44 (min), 4.06 (max), 6.44 (min) and 8.5 (max): see tests/test_stages.py.
+    stages = detect_stages(steps, np.cos(2 * np.pi * (x - 4) / 5) + 0.1 * x, StageConfig(bandwidth=0.3))
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+
+    def induction(at: float) -> pd.DataFrame:
+        return pd.DataFrame([dict(step=s, component="1:0", measure="induction_score", value=float(sig((xx - at) / 0.1)))
+                             for s, xx in zip(steps, x)])
+
+    f = stages_vs_induction(stages, induction(4.06), steps)  # forms at the maximum, boundaries either side
+    assert f.verdict == "reproduced", f.evidence
+    far = stages_vs_induction(stages, induction(5.3), steps)  # forms between boundaries, far from both
+    assert far.verdict == "not reproduced" and "criterion" in far.evidence
+    assert stages_vs_induction(None, induction(4.06), steps).verdict == "not applicable"
+
+
+def test_multigram_circuit_not_applicable_without_dyck_data():
+    f = multigram_circuit(pd.DataFrame(columns=["step", "component", "measure", "value"]), {}, "prose*0.5,code*0.5")
+    assert f.verdict == "not applicable" and "no nested-bracket" in f.evidence
+    rows = pd.DataFrame([dict(step=5, component="layer0->1:1", measure="path_patching_nested", value=0.4),
+                         dict(step=5, component="layer0->1:1", measure="path_patching_unnested", value=0.1)])
+    assert multigram_circuit(rows, {"1:1": "dyck"}, "prose*0.5,synthetic.dyck*0.5").verdict == "reproduced"
+    assert multigram_circuit(rows, {"1:1": "n-gram"}, "synthetic.dyck").verdict == "not reproduced"
+
+
+def test_hessian_vs_llc_rank_correlation():
+    steps = [10, 100, 400, 1000, 3000, 5000]
+    llc = pd.DataFrame(_llc_rows({("all", "pretrain"): 0}, step=0)[:0] +
+                       [dict(step=s, component="all", data="pretrain", measure="llc", value=float(i), std=0.1,
+                             valid=True, config_hash="h") for i, s in enumerate(steps)])
+    same = pd.DataFrame([dict(step=s, component="all", data="pretrain", measure="hessian_trace", value=float(i) * 3)
+                         for i, s in enumerate(steps)])
+    assert hessian_vs_llc(same, llc).verdict == "not reproduced"
+    other = same.assign(value=[5.0, 1.0, 4.0, 2.0, 6.0, 0.0])
+    f = hessian_vs_llc(other, llc)
+    assert f.verdict == "reproduced" and "Spearman" in f.evidence
+    assert hessian_vs_llc(same.iloc[:2], llc).verdict == "not applicable"
+
+
+def test_sampler_bias_against_stored_paper_settings():
+    paper = {"sampler": {"epsilon": 1e-3, "nbeta": 30.0, "gamma": 200.0, "chains": 4, "draws": 200, "burn_in": 0,
+                         "batch_size": 32}, "n_samples": 512}
+    demo = {"sampler": {**paper["sampler"], "draws": 20, "burn_in": 30, "batch_size": 8, "paired": True},
+            "n_samples": 512}
+    rows = _llc_rows({("0:0", "pretrain"): 2.0, ("all", "pretrain"): 40.0}, h="demo") + \
+        _llc_rows({("0:0", "pretrain"): 2.2, ("all", "pretrain"): 40.0}, h="paper")
+    b = sampler_bias(pd.DataFrame(rows), {"demo": demo, "paper": paper}, "demo")
+    assert len(b) == 2 and b.set_index("component").ratio["0:0"] == pytest.approx(2.0 / 2.2)
+    assert sampler_bias(pd.DataFrame(rows), {"demo": demo}, "demo").empty
+    line = sampler_description(demo)
+    assert "draws 20 (paper 200)" in line and "burn_in 30 (paper 0)" in line and "paired" in line
