@@ -97,3 +97,18 @@ def test_sampler_bias_against_stored_paper_settings():
     assert sampler_bias(pd.DataFrame(rows), {"demo": demo}, "demo").empty
     line = sampler_description(demo)
     assert "draws 20 (paper 200)" in line and "burn_in 30 (paper 0)" in line and "paired" in line
+
+
+def test_evaluate_run_on_a_tiny_run(tiny_run, tmp_path):
+    import shutil
+
+    from rllc.analysis.findings import evaluate_run
+    from rllc.sweep.store import ResultRow, ResultStore
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run_dir)
+    ResultStore(run_dir).put_many([ResultRow(s, "all", "pretrain", "llc", "h", 1.0 + 0.01 * s, 0.1)
+                                   for s in tiny_run.steps])
+    found = evaluate_run(run_dir)
+    assert [f.verdict for f in found.findings][0] == "not applicable"  # no head curves, no types
+    assert found.lines()[0].startswith("sampler:") and "not measured" in found.bias_line

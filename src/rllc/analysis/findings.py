@@ -294,16 +294,24 @@ def evaluate_run(run_dir: Any) -> RunFindings:
     llc_all = results[results.measure == "llc"]
     llc_hash = str(llc_all.config_hash.value_counts().index[0]) if len(llc_all) else None
     llc = llc_all[llc_all.config_hash == llc_hash]
+    from rllc._errors import RllcError
+
     stages = None
     if ((llc.component == "all") & (llc.data == "pretrain")).any():
-        stages = curve_stages(llc, component="all", data="pretrain")
+        try:
+            stages = curve_stages(llc, component="all", data="pretrain")
+        except RllcError:  # too few usable estimates: the stage finding says "not applicable"
+            stages = None
     t = results[results.measure == "head_type"]
     t = t[t.step == t.step.max()] if len(t) else t
     types = {c: str(x.get("label", "unlabelled")) for c, x in zip(t.component, t.extra)}
     assignments = {}
     if {"pretrain", "code"} <= set(llc.data):
         for layer in range(run.config.model.n_layers):
-            assignments[layer] = cluster_layer(llc, layer).assignment()
+            try:
+                assignments[layer] = cluster_layer(llc, layer).assignment()
+            except RllcError:  # e.g. fewer than 2 common checkpoints: that layer is left out
+                continue
     return evaluate(results, configs, llc_hash, stages=stages, types=types, assignments=assignments,
                     train_data=run.config.train.data, checkpoint_steps=run.steps)
 
