@@ -311,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole method on CPU: train, rLLC sweep, head analysis, stages, report",
                        description="Train the `cpu` preset on the built-in offline corpus (prose + Python code + "
                                    "repeated random spans) keeping checkpoints across training; estimate per-head "
-                                   "rLLCs on the pre-training data and on code and the full-model LLC over "
-                                   "training; analyse every head (scores, ablations, composition, head types); "
-                                   "find the developmental stages of the LLC and time the induction heads' "
-                                   "formation against them; write figures and one HTML report. About 6 minutes "
-                                   "on 2 cores; interrupt and re-run to resume.")
+                                   "rLLCs on the pre-training data, on code, on repeated spans and on prose, the "
+                                   "full-model LLC and Hessian trace over training; analyse every head (scores, "
+                                   "ablations, composition, head types); find the developmental stages of the LLC "
+                                   "and time the induction heads' formation against them; write figures and one "
+                                   "HTML report that opens with the sampler, its bias against the paper's and the "
+                                   "paper's findings with verdicts. About 11 minutes on 2 cores (extrapolated); "
+                                   "interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
