@@ -577,15 +577,23 @@ def test_kill_minus_nine_of_a_pool_sweep_driver_leaves_no_worker():
             "futs = [pool.submit(time.sleep, 120) for _ in range(2)]\n"
             "while len(pool._processes) < 2: time.sleep(0.1)\n"
             "time.sleep(1.0)\n"
-            "print(*pool._processes, flush=True)\n"
+            "from multiprocessing import resource_tracker\n"
+            "tracker = resource_tracker._resource_tracker._pid\n"
+            "print(*pool._processes, *([tracker] if tracker else []), flush=True)\n"
             "time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
-    workers = [int(x) for x in proc.stdout.readline().split()]
-    assert len(workers) == 2 and all(_alive(w) for w in workers)
+    workers = [int(x) for x in proc.stdout.readline().split()]  # the 2 workers (and the resource tracker)
+    assert len(workers) >= 2 and all(_alive(w) for w in workers)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert all(_gone_within(w, 10.0) for w in workers)
+    # A worker still importing torch arms its signal only when its initializer runs (then sees its parent gone and
+    # exits); the tracker exits when the last worker closes its pipe. ~12 s on a loaded 2-core machine.
+    gone = [_gone_within(w, 60.0) for w in workers]
+    for w, g in zip(workers, gone):
+        if not g:
+            os.kill(w, signal.SIGKILL)  # do not leak them into the rest of the suite
+    assert all(gone)
 
 
 def test_sweep_holds_results_while_the_disk_is_full(run_dir, monkeypatch):

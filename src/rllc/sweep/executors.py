@@ -56,7 +56,9 @@ class InProcessExecutor:
 
 def die_with_parent(parent_pid: int) -> None:
     """Make the calling process die when its parent does (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread
-    that polls the parent's pid), so a killed sweep leaves no workers behind."""
+    that polls the parent's pid), so a killed sweep leaves no workers behind. Linux sends the signal when the
+    *thread* that started the process ends: start pools from a thread that lives as long as the pool (the CLI
+    and `run_sweep` use the calling thread)."""
     import signal
     import sys
     import threading
