@@ -75,6 +75,110 @@ def _devinterp(model, tokens, draws, init_loss, masks=None):  # noqa: ANN001, AN
     return float(out["llc/mean"]), float(out["llc/std"])
 
 
+def _draw_flops(cfg, batch: int) -> float:  # noqa: ANN001
+    """Multiply-adds ×2 of one forward+backward (backward = 2× forward) of the attention-only Transformer."""
+    T, D, H, E, V, L = cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.n_layers
+    per_token = L * (2 * 3 * D * H * E + 2 * 2 * (T / 2) * H * E + 2 * H * E * D) + 2 * D * V
+    return 3.0 * per_token * batch * T
+
+
+def _peak_gflops(threads: int) -> tuple[float, str]:
+    """A nominal fp32 peak: cores × GHz × FLOP/cycle (2 FMA units × 8 lanes × 2 with AVX2, ×2 with AVX-512)."""
+    flags, ghz = "", 0.0
+    try:
+        info = open("/proc/cpuinfo").read()
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
+        mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+        ghz = max(mhz) / 1000 if mhz else 0.0
+    except (OSError, StopIteration):
+        pass
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 16
+    return threads * ghz * per_cycle, f"{threads} core(s) × {ghz:.2f} GHz × {per_cycle} FLOP/cycle (nominal)"
+
+
+def _se_to_target(mean: float, se_chains: float, draws: int, se_fixed: float = 0.0) -> float:
+    """Draws needed for se ≤ max(5% of |λ̂|, 0.05), the chain part shrinking as 1/sqrt(draws); inf if the fixed part
+    (the error of a shared L_n(w*)) alone exceeds it."""
+    target = max(0.05 * abs(mean), 0.05)
+    room = target**2 - se_fixed**2
+    return float("inf") if room <= 0 else draws * se_chains**2 / room
+
+
+def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> None:  # noqa: ANN001
+    """The three ratios of issue 11 at the paper's sampler (4 chains, batch 32): full model, all heads, time to
+    precision; plus achieved GFLOP/s."""
+    import math
+
+    kw = dict(chains=4, draws=draws)
+    t: dict[str, list[float]] = {}
+    res: dict[str, object] = {}
+
+    def add(key, fn):  # noqa: ANN001, ANN202
+        dt, out = _timed(fn)
+        t.setdefault(key, []).append(dt)
+        res[key] = out
+
+    for rep in range(reps):
+        add("ours", lambda: estimate_llc(model, tokens, **kw))  # the default call: paper sampler, L_n(w*) 16 batches
+        add("stacked", lambda: estimate_llc(model, tokens, batched="stacked", **kw))
+        add("dev", lambda: _devinterp(model, tokens, draws, None))  # devinterp's default call (its own L_n(w*))
+        if rep == 0:
+            add("heads", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
+            params = dict(model.named_parameters())
+            dev = []
+            for h in names:
+                masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+                masks |= model.component(h).masks(model)
+                dt, out = _timed(lambda: _devinterp(model, tokens, draws, res["ours"].init_loss, masks))
+                dev.append(out)
+                t.setdefault("dev_heads", [0.0])[0] += dt
+            res["dev_heads"] = dev
+    med = {k: statistics.median(v) for k, v in t.items()}
+    flops = _draw_flops(model.cfg, HP["batch_size"]) * 4 * draws
+    peak, how = _peak_gflops(threads)
+    print(f"\npaper sampler: 4 chains × {draws} draws, batch 32, {reps} interleaved repetitions (median), "
+          f"{threads} thread(s); peak = {how}")
+    print("| figure | rllc | devinterp 1.3.2 | ratio | target |")
+    print("|---|---|---|---|---|")
+    r = med["ours"] / med["dev"]
+    print(f"| full-model estimate, default calls (ours: autograd strategy) | {med['ours']:.2f} s | {med['dev']:.2f} s | "
+          f"{r:.2f} | ≤ 0.5 {'met' if r <= 0.5 else 'not met'} |")
+    r2 = med["stacked"] / med["dev"]
+    print(f"| the same, batched='stacked' (chains as batched GEMMs) | {med['stacked']:.2f} s | {med['dev']:.2f} s | "
+          f"{r2:.2f} | ≤ 0.5 {'met' if r2 <= 0.5 else 'not met'} |")
+    for key in ("ours", "stacked"):
+        g = flops / med[key] / 1e9
+        print(f"| achieved GFLOP/s, full-model estimate ({key}) | {g:.1f} | | {g / peak:.1%} of peak | |")
+    sp = med["dev_heads"] / med["heads"]
+    print(f"| all {len(names)} per-head estimates (ours together, paired) vs devinterp masks head by head | "
+          f"{med['heads']:.2f} s | {med['dev_heads']:.2f} s | {sp:.2f}× faster | ≥ 5× {'met' if sp >= 5 else 'not met'} |")
+    # Time to precision: every head's se ≤ target = max(5% λ̂, 0.05). Ours (paired): se = chain spread / sqrt(C) —
+    # paired differences carry no shared L_n(w*) error — so only draws are added. devinterp (unpaired): se² = chain
+    # spread² / C + the error of its shared L_n(w*), nβ · sd(batch loss at w*) / sqrt(n_init), which more draws do
+    # not shrink; it gets half the variance budget each, and pays n_init forwards at w* for it (timed here).
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        batches = [tokens[torch.randint(len(tokens), (32,), generator=g)] for _ in range(32)]
+        dt_fwd, batch_losses = _timed(lambda: [float(next_token_loss(model, b)) for b in batches])
+    sd_init = HP["nbeta"] * statistics.stdev(batch_losses)  # λ units, one batch
+    fwd = dt_fwd / len(batches)
+    t_ours = t_dev = 0.0
+    need_ours = need_dev = 0.0
+    n_init = 0.0
+    for a, (m, sd) in zip(res["heads"], res["dev_heads"]):
+        target = max(0.05 * abs(a.mean), 0.05)
+        need_ours = max(need_ours, draws * (a.std / 2) ** 2 / target**2)
+        target = max(0.05 * abs(m), 0.05)
+        need_dev = max(need_dev, draws * (sd / 2) ** 2 / (target**2 / 2))
+        n_init = max(n_init, sd_init**2 / (target**2 / 2))
+    t_ours = med["heads"] * need_ours / draws
+    t_dev = med["dev_heads"] * need_dev / draws + n_init * fwd
+    ratio = t_dev / t_ours
+    print(f"| time to precision: every head's se ≤ max(5% λ̂, 0.05) (ours paired; devinterp unpaired with "
+          f"{n_init:.0f} batches for L_n(w*), {n_init * fwd:.1f} s) | {t_ours:.1f} s ({need_ours:.0f} draws) | "
+          f"{t_dev:.1f} s ({need_dev:.0f} draws) | {ratio:.1f}× faster | ≥ 10× {'met' if ratio >= 10 else 'not met'} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=16)
@@ -82,13 +186,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run", help="a cpu-preset run directory (default: the preset at initialisation)")
     ap.add_argument("--memory-child", choices=["all", "heads"])
+    ap.add_argument("--paper", type=int, metavar="DRAWS",
+                    help="only the paper-sampler table (4 chains × DRAWS, batch 32) against devinterp")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where one is available (skips cleanly otherwise)")
     args = ap.parse_args()
     if args.memory_child:
         return _memory_child(args.memory_child)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here; nothing measured")
+        return None
     torch.set_num_threads(args.threads)
     D, R = args.draws, args.reps
     model, tokens, what = _model_and_data(args.run)
     names = heads(model.cfg)
+    if args.paper:
+        import devinterp  # noqa: F401  (pip install 'rllc[bench]')
+
+        print(f"settings: {what}; torch {torch.__version__}")
+        return paper_table(model, tokens, names, args.paper, R, args.threads)
     common = dict(draws=D, init_batches=1, **HP)
 
     train_model = Transformer(model.cfg, seed=0)

@@ -500,3 +500,41 @@ def test_observables_stream_bounded_moments():
     for _ in range(200):
         big.update(np.ones((4, 10_000)), np.ones(4))
     assert big.nbytes() == before < 2_000_000
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_stacked_strategy_walks_the_reference_chains(paired):
+    # Chains stacked on a leading weight dimension (batched GEMMs, rllc.llc.stacked): same chains as autograd.
+    model = _perturbed_transformer()
+    tokens = torch.randint(0, 37, (48, 12), generator=torch.Generator().manual_seed(6))
+    comps = [None, "layer:1", "0:2"]
+    kw = dict(chains=3, draws=5, burn_in=2, batch_size=4, seed=2, init_batches=2, paired=paired)
+    ref = estimate_llc_many(model, tokens, comps, batched=False, **kw)
+    st = estimate_llc_many(model, tokens, comps, batched="stacked", **kw)
+    for a, b in zip(ref, st):
+        np.testing.assert_allclose(b.loss_trace, a.loss_trace, rtol=0, atol=2e-5)
+    with pytest.raises(RllcError, match="stacked"):
+        estimate_llc(model, tokens, component="0:0", loss_fn=lambda m, b: next_token_loss(m, b), batched="stacked",
+                     chains=2, draws=2)
+
+
+def test_rmsprop_kernel_is_devinterps_rmsprop_sgld():
+    # Cross-check against devinterp's own optimizer (optional dependency: `pip install 'rllc[bench]'`): the same
+    # gradients and noise, five steps, the same positions.
+    sgmcmc = pytest.importorskip("devinterp.optim.sgmcmc")
+    from rllc.llc.kernels import rmsprop_sgld as k
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, generator=g)
+    p = torch.nn.Parameter(w0.clone())
+    opt = sgmcmc.SGMCMC.rmsprop_sgld([p], lr=1e-3, nbeta=30.0, localization=200.0, alpha=0.9, eps=0.1)
+    state, h = k.init(w0.clone()[None]), k.hyper(1e-3, 30.0, 200.0, {"alpha": 0.9, "eps": 0.1})
+    for t in range(5):
+        grad = torch.randn(6, generator=g)
+        p.grad = grad.clone()
+        with torch.random.fork_rng():  # devinterp 1.3.2 draws its noise from the global generator
+            torch.manual_seed(100 + t)
+            opt.step()
+        xi = torch.normal(0.0, 1.0, size=(6,), generator=torch.Generator().manual_seed(100 + t))
+        state, _ = k.step(state, grad[None], xi[None], w0, None, h)
+        torch.testing.assert_close(state.position[0], p.detach(), rtol=1e-5, atol=1e-6)

@@ -28,6 +28,8 @@ from rllc.llc.kernels import get_kernel
 from rllc.llc.layout import Layout, component_key
 from rllc.llc.losses import LossFn, next_token_loss
 from rllc.llc.observe import Observe, Observed
+from rllc.llc.stacked import StackedStrategy
+from rllc.llc.stacked import supported as stacked_supported
 from rllc.llc.strategies import AutogradStrategy, VmapStrategy
 from rllc.llc.streams import init_indices
 
@@ -183,8 +185,11 @@ def _prefer_batched(model: nn.Module, cfg: SamplerConfig) -> bool:
 def _plan(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: list[Masks], layouts: list[Layout],
           cfg: SamplerConfig, batched: bool | str, device: torch.device) -> list[tuple[list[int], Any]]:
     """Which gradient strategy runs which components: [(component indices, strategy)]."""
-    if batched not in (True, False, "auto"):
-        raise RllcError(f"batched must be True, False or 'auto', got {batched!r}")
+    if batched not in (True, False, "auto", "stacked"):
+        raise RllcError(f"batched must be True, False, 'auto' or 'stacked', got {batched!r}")
+    if batched == "stacked" and not stacked_supported(model, loss_fn, source):
+        raise RllcError("batched='stacked' needs an rllc Transformer without hooks, token data in a tensor and the "
+                        "next-token loss; use True, False or 'auto'")
     groups: list[tuple[list[int], Any]] = []
     rest = list(range(len(masks_list)))
     if batched == "auto":
@@ -196,7 +201,7 @@ def _plan(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: li
         rest = [i for i in rest if i not in idx]
         batched = _prefer_batched(model, cfg)
     if rest:
-        make = VmapStrategy if batched else AutogradStrategy
+        make = StackedStrategy if batched == "stacked" else VmapStrategy if batched else AutogradStrategy
         groups.append((rest, make(model, loss_fn, source, [layouts[i] for i in rest], device)))
     return groups
 
@@ -291,7 +296,9 @@ def estimate_llc(
             only the moving parameters (the reference); "auto" (default): single attention heads of an rllc
             Transformer with the next-token or soft-target loss on the per-head strategy (``rllc.llc.heads``:
             one shared w* forward), the rest vmap for small models (parameters × batch_size ≤ 2e6) and autograd
-            otherwise — the fastest, as measured in benchmarks/bench_llc.py.
+            otherwise — the fastest, as measured in benchmarks/bench_llc.py. "stacked": rllc Transformers with the
+            next-token loss, every component × chain on one leading weight dimension (batched GEMMs,
+            ``rllc.llc.stacked``).
         device: where the sampling runs.
         progress: True shows a tqdm bar over draws; a callable is called as ``progress(draws_done, draws_total)``
             after every recorded draw (draws summed over everything the call samples), e.g. for an ETA.

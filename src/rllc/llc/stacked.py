@@ -1,0 +1,103 @@
+"""The stacked-chains gradient strategy for rllc Transformers: every chain (and component) as one leading dimension
+of the weights, one forward and one backward for all of them — batched GEMMs (``torch.matmul`` over a (Q·C)
+batch), not ``vmap``.
+
+The forward is the Transformer's own maths written for weights of shape (N, *shape), N = components × chains:
+F.embedding into the N vocabularies laid end to end, LayerNorm with per-chain affine weights, per-head projections
+as one (N, B·T, D) @ (N, D, H·E) product, the fused causal attention over N·B sequences, and the unembedding
+(N, B·T, D) @ (N, D, V). The chains are independent, so the gradient of the sum of their mean losses is each
+chain's gradient. Frozen tensors are broadcast (expanded, not copied). Used for the next-token loss on rllc
+Transformers with no hooks attached; tests check it walks the reference strategy's chains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rllc.llc._data import BatchSource
+from rllc.llc.layout import Layout
+
+
+def supported(model: nn.Module, loss_fn, source: BatchSource) -> bool:  # noqa: ANN001
+    from rllc.llc.losses import next_token_loss
+    from rllc.model.transformer import Transformer
+
+    return (isinstance(model, Transformer) and loss_fn is next_token_loss
+            and not any(hp.active for hp in model.hook_points.values())
+            and source.tensors is not None and source.tensors[0].dim() == 2
+            and not source.tensors[0].is_floating_point())
+
+
+def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim with per-chain affine weights: x (N, ..., D), w and b (N, D)."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape) + b.view(shape)
+
+
+def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Mean next-token cross-entropy of N weight sets p[name] (N, *shape) on their token batches (N, B, T): (N,)."""
+    N, B, T = tokens.shape
+    D, H, E, V = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab
+    offset = (torch.arange(N, device=tokens.device) * V).view(N, 1, 1)
+    resid = F.embedding(tokens + offset, p["embed.W_E"].reshape(N * V, D))  # (N, B, T, D)
+    pos = p["pos_embed.W_pos"][:, :T].unsqueeze(1)  # (N, 1, T, D)
+    scale = 1.0 / E**0.5
+    for l in range(cfg.n_layers):
+        a = f"blocks.{l}.attn."
+        nv = _ln(resid, p[f"blocks.{l}.ln1.w"], p[f"blocks.{l}.ln1.b"], cfg.ln_eps)  # (N, B, T, D)
+        nq = (nv + pos).reshape(N, B * T, D)
+
+        def proj(x, name):  # (N, B·T, D) -> (N·B, H, T, E)
+            W = p[a + "W_" + name].transpose(1, 2).reshape(N, D, H * E)
+            y = torch.baddbmm(p[a + "b_" + name].reshape(N, 1, H * E), x, W)
+            return y.view(N * B, T, H, E).transpose(1, 2)
+
+        z = F.scaled_dot_product_attention(proj(nq, "Q"), proj(nq, "K"), proj(nv.reshape(N, B * T, D), "V"),
+                                           is_causal=True, scale=scale)  # (N·B, H, T, E)
+        z = z.transpose(1, 2).reshape(N, B * T, H * E)
+        out = torch.baddbmm(p[a + "b_O"].view(N, 1, D), z, p[a + "W_O"].reshape(N, H * E, D))  # (N, B·T, D)
+        resid = resid + out.view(N, B, T, D)
+    h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
+    logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
+    targets = tokens[:, :, 1:].reshape(N, B * (T - 1))
+    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+    return nll.view(N, -1).mean(1)
+
+
+class StackedStrategy:
+    """Components × chains stacked on one leading dimension of the weights (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, loss_fn, source: BatchSource, layouts: list[Layout],  # noqa: ANN001
+                 device: torch.device) -> None:
+        self.cfg, self.source, self.layouts, self.device = model.cfg, source, layouts, device
+        self.anchor = {n: p.detach().to(device) for n, p in model.named_parameters()}
+        union = set(n for lay in layouts for n in lay.names)
+        self.moving = [n for n in self.anchor if n in union]
+
+    def loss_and_grad(self, positions: list[torch.Tensor], idx: torch.Tensor | None, alive: np.ndarray,
+                      star: bool) -> tuple[np.ndarray, list[torch.Tensor], np.ndarray | None]:
+        Q, C = alive.shape
+        N = Q * C
+        w = {n: self.anchor[n].expand(Q, C, *self.anchor[n].shape).clone() for n in self.moving}
+        for q, lay in enumerate(self.layouts):
+            lay.scatter_({n: w[n][q] for n in lay.names}, positions[q], lead=1)
+        leaves = {n: t.requires_grad_() for n, t in w.items()}
+        p = {n: (leaves[n].view(N, *t.shape) if n in leaves else t.expand(N, *t.shape))
+             for n, t in self.anchor.items()}
+        tokens = self.source.full().to(self.device) if idx is None else self.source._take(idx)  # (C, B, T)
+        if idx is None:
+            tokens = tokens.expand(C, *tokens.shape)
+        tokens = tokens.unsqueeze(0).expand(Q, *tokens.shape).reshape(N, *tokens.shape[1:])
+        losses = stacked_loss(self.cfg, p, tokens)  # (N,)
+        grads = torch.autograd.grad(losses.sum(), [leaves[n] for n in self.moving])
+        g = dict(zip(self.moving, grads))
+        out = [lay.gather({n: g[n][q] for n in lay.names}, lead=1) for q, lay in enumerate(self.layouts)]
+        star_losses = None
+        if star and idx is not None:
+            with torch.no_grad():
+                p0 = {n: t.expand(C, *t.shape) for n, t in self.anchor.items()}
+                star_losses = stacked_loss(self.cfg, p0, tokens[:C]).double().cpu().numpy()
+        return losses.detach().view(Q, C).double().cpu().numpy(), out, star_losses
