@@ -36,7 +36,7 @@ def _make_run(out: Path, steps: int) -> Path:
 
 def _naive(run_dir: Path, jobs: list, cfg) -> float:  # noqa: ANN001
     from rllc.llc import estimate_llc
-    from rllc.sweep.refs import resolve_data
+    from rllc.pipeline.data import resolve_data
     from rllc.train import load_run
 
     t0 = time.perf_counter()
@@ -51,7 +51,7 @@ def _naive(run_dir: Path, jobs: list, cfg) -> float:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rllc.sweep import DEMO_SWEEP, Plan, SweepConfig, plan_sweep, run_plan
+    from rllc.sweep import DEMO_SWEEP, SweepConfig, plan_sweep, run_plan
     from rllc.llc import SamplerConfig, estimate_llc_many
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = SweepConfig(SweepConfig().sampler.replace(**settings, seed=int(time.time()) % 100_000), n_samples)
         heads = plan_sweep(run_dir, components="heads", data="pretrain,code", steps=args.steps, config=cfg)
         full = plan_sweep(run_dir, components="all", data="pretrain", steps=args.steps, config=cfg)
-        plan = Plan(cfg, heads.tasks + full.tasks, set())
+        plan = heads + full
         jobs = plan.jobs
         # Warm up once (imports, first vmap) so that neither loop pays it.
         from rllc.train import load_run

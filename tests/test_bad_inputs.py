@@ -120,7 +120,7 @@ def _full_disk_files(mp: pytest.MonkeyPatch) -> None:
 
     import safetensors.torch
 
-    from rllc.sweep import store
+    from rllc.pipeline import store
     from rllc.train import checkpoints
 
     real_open, real_fdopen, real_save = builtins.open, os.fdopen, safetensors.torch.save_file
@@ -160,7 +160,7 @@ def _full_disk_files(mp: pytest.MonkeyPatch) -> None:
                 self._full()
             return self._con.execute(sql, *a)
 
-    from rllc.sweep import sweep as sweep_module
+    from rllc.pipeline import driver as sweep_module
 
     mp.setattr(sweep_module, "_FULL_DISK_WAIT_S", 0.0, raising=False)
     mp.setattr("rllc.train.loop.FULL_DISK_WAIT_S", 0.0, raising=False)
@@ -526,7 +526,7 @@ def test_a_worker_dies_with_its_parent():
     import time
 
     code = ("import os, sys, time\n"
-            "from rllc.sweep.executors import die_with_parent\n"
+            "from rllc.pipeline.executors import die_with_parent\n"
             "parent = os.getpid()\n"
             "pid = os.fork()\n"
             "if pid == 0:\n"
@@ -571,7 +571,7 @@ def test_kill_minus_nine_of_a_pool_sweep_driver_leaves_no_worker():
     import sys
 
     code = ("import time\n"
-            "from rllc.sweep.executors import PoolExecutor\n"
+            "from rllc.pipeline.executors import PoolExecutor\n"
             "ex = PoolExecutor(2)\n"
             "pool = ex._ensure()\n"
             "futs = [pool.submit(time.sleep, 120) for _ in range(2)]\n"
@@ -600,7 +600,7 @@ def test_sweep_holds_results_while_the_disk_is_full(run_dir, monkeypatch):
     """A full disk at write time: the rows stay in memory, later tasks retry, and all are stored once it frees."""
     from rllc._errors import DiskFullError
     from rllc.sweep import ResultStore, SweepConfig, load_results, plan_sweep, run_plan
-    from rllc.sweep import sweep as sweep_module
+    from rllc.pipeline import driver as sweep_module
 
     cfg = SweepConfig(SweepConfig().sampler.replace(chains=2, draws=4, batch_size=4, init_batches=1), 16)
     plan = plan_sweep(run_dir, components="0:0", steps="0,10,20", config=cfg)
@@ -620,7 +620,7 @@ def test_sweep_holds_results_while_the_disk_is_full(run_dir, monkeypatch):
 def test_sweep_gives_up_on_a_disk_that_stays_full(run_dir, monkeypatch):
     from rllc._errors import DiskFullError
     from rllc.sweep import ResultStore, SweepConfig, plan_sweep, run_plan
-    from rllc.sweep import sweep as sweep_module
+    from rllc.pipeline import driver as sweep_module
 
     cfg = SweepConfig(SweepConfig().sampler.replace(chains=2, draws=4, batch_size=4, init_batches=1), 16)
     plan = plan_sweep(run_dir, components="0:0", steps="0,10", config=cfg)

@@ -113,7 +113,7 @@ def test_clusters_transfer_across_seeds(algorithm):
 def test_store_clusters(tmp_path):
     pytest.importorskip("sklearn")
     from rllc.analysis.clustering import Agreement, cluster_layer, store_clusters
-    from rllc.sweep.store import ResultStore
+    from rllc.pipeline.store import ResultStore
 
     r = cluster_layer(_results(0), 1)
     assert store_clusters(tmp_path, r, Agreement(1.0, 1.0, 8)) == 10

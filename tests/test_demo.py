@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_end_to_end_then_resumes_without_recomputing(tmp_path):
-    from rllc.sweep.store import ResultStore
+    from rllc.pipeline.store import ResultStore
     from rllc.workflows import demo
 
     out = tmp_path / "demo"

@@ -103,7 +103,7 @@ def test_evaluate_run_on_a_tiny_run(tiny_run, tmp_path):
     import shutil
 
     from rllc.analysis.findings import evaluate_run
-    from rllc.sweep.store import ResultRow, ResultStore
+    from rllc.pipeline.store import ResultRow, ResultStore
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run.path, run_dir)

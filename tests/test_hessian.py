@@ -213,7 +213,7 @@ def test_user_errors_are_rllc_errors(micro):
 
 def test_hessian_sweep_stores_and_skips(run_dir):
     from rllc.analysis.hessian_sweep import HessianSweepConfig, hessian_sweep
-    from rllc.sweep.store import load_results
+    from rllc.pipeline.store import load_results
 
     cfg = HessianSweepConfig(trace=HessianConfig(n_samples=4, n_probes=2, batch_size=4),
                              fim=HessianConfig(n_samples=2, n_probes=2, batch_size=2),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rllc.report.html import write_report
-from rllc.sweep.store import ResultRow, ResultStore
+from rllc.pipeline.store import ResultRow, ResultStore
 
 from _browser import check_page, find_chromium
 from tests.conftest import tiny_configs

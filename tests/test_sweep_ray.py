@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 from rllc.sweep import (  # noqa: E402
     RayExecutor, SweepConfig, load_results, local_ray_settings, plan_sweep, run_plan, run_task,
 )
-from rllc.sweep.executors import ray_temp_dir  # noqa: E402
+from rllc.pipeline.executors import ray_temp_dir  # noqa: E402
 
 FAST = dict(chains=2, draws=4, batch_size=4, init_batches=1)
 CFG = SweepConfig(SweepConfig().sampler.replace(**FAST), 16)
@@ -92,6 +92,33 @@ def test_worker_killed_mid_job_is_retried(ray_executor, run_dir, tmp_path):
         keys = con.execute("SELECT step, component, data, config_hash FROM results").fetchall()
     assert len(keys) == len(set(keys)) == 6
     assert {k[:2] for k in keys} == {(s, c) for s in (0, 20, 40) for c in ("0:0", "all")}
+
+
+def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, run_dir, tmp_path):
+    """Every measure over checkpoints runs on Ray, not only the LLC sweep: the same rows as in-process."""
+    import shutil
+
+    from test_pipeline import HEADS, HESSIAN
+
+    from rllc.analysis.hessian_sweep import plan_hessian
+    from rllc.analysis.over_training import plan_heads
+
+    def plan(d):
+        return plan_heads(d, "40", config=HEADS) + plan_hessian(d, measure="trace", components="0:0,all",
+                                                                steps="0,40", config=HESSIAN)
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin, symlinks=True)
+    local = run_plan(plan(twin), progress=False)
+    ex, _ = ray_executor
+    remote = run_plan(plan(run_dir), ex, progress=False)
+    assert remote.rows == local.rows > 0 and remote.computed == remote.planned
+    a, b = load_results(twin).drop(columns="run"), load_results(run_dir).drop(columns="run")
+    key = ["step", "component", "data", "measure", "config_hash"]
+    merged = a.merge(b, on=key, suffixes=("_local", "_ray"))
+    assert len(merged) == len(a) == len(b)
+    assert merged.value_local.fillna(-1).to_numpy() == pytest.approx(merged.value_ray.fillna(-1).to_numpy(),
+                                                                     rel=1e-5, abs=1e-7)
 
 
 def _listening(pids: set[int]) -> list[str]:

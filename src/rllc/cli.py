@@ -110,7 +110,8 @@ def cmd_heads(args: argparse.Namespace) -> None:
     config = HeadAnalysisConfig()
     if args.tic == "paper":
         config = HeadAnalysisConfig(tic=TokensInContextConfig.paper())
-    res = heads_command(args.run_dir, args.steps, config=config, progress=None if args.quiet else print)
+    res = heads_command(args.run_dir, args.steps, config=config, progress=not args.quiet, executor=args.executor,
+                        address=args.address, workers=args.workers)
     cols = [c for c in res.table.columns if c not in ("evidence",)]
     print(res.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for line in res.summary:
@@ -155,6 +156,15 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                         "per draw); default: off for `llc`/`calibrate` (the paper's estimator), on for `sweep`")
     p.add_argument("--n-samples", type=_positive_int, default=2048,
                    help="token windows drawn (seeded) from the data set to estimate on (default 2048)")
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the jobs run (every measure over checkpoints: sweep, heads, hessian)")
+    g.add_argument("--executor", default="inprocess", choices=["inprocess", "pool", "ray"],
+                   help="inprocess (default), a local process pool, or Ray")
+    g.add_argument("--address", help="Ray cluster address (with --executor ray); default: a private local runtime "
+                                     "bound to 127.0.0.1 with usage stats off")
+    g.add_argument("--workers", type=_positive_int, help="pool processes or local Ray CPUs (default: all CPUs)")
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
@@ -276,9 +286,10 @@ def cmd_hessian(args: argparse.Namespace) -> None:
 
     cfg = _hessian_config(args)
     res = hessian_sweep(args.run_dir, measure=args.measure, components=args.components, data=args.data,
-                        steps=args.steps, config=cfg, progress=not args.quiet)
-    print(f"{res.measure}: {res.computed} computed, {res.skipped} already stored "
-          f"(settings {res.config_hash}; `rllc plot {args.run_dir}` draws them, `rllc export` writes them)")
+                        steps=args.steps, config=cfg, progress=not args.quiet, executor=args.executor,
+                        address=args.address, workers=args.workers)
+    print(res)
+    print(f"`rllc plot {args.run_dir}` draws them, `rllc export {args.run_dir}` writes them")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -371,14 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resample ablation scores and Q/K/V-composition; at the last checkpoint, "
                                    "tokens in context, path patching and automatic head types. Writes tables, "
                                    "PNGs and a tokens-in-context HTML page into RUN_DIR/heads; re-runs skip "
-                                   "what is stored.")
+                                   "what is stored. Prints the plan and its measured duration first.")
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--steps", type=_ints, help="checkpoint steps, comma-separated (default: 16 spread in log step)")
+    p.add_argument("--steps", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default log:16: 16 spread "
+                                   "on a log step axis, first and last included)")
     p.add_argument("--tic", default="cpu", choices=["cpu", "paper"],
                    help="tokens-in-context scale: cpu (128 sequences, top 100 per head; the default) or paper "
                         "(Appendix B: 100,000 sequences, top 1,000). The n-gram and skip n-gram shares depend on "
                         "top k (a pattern must recur among a head's top k), so compare heads at one scale")
-    p.add_argument("--quiet", action="store_true", help="no per-checkpoint progress lines")
+    _add_executor_args(p)
+    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
     p.set_defaults(func=cmd_heads)
 
     p = sub.add_parser("llc", help="estimate a (refined) local learning coefficient at one checkpoint",
@@ -418,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Estimate an LLC for every checkpoint x component x data set and store each in "
                                    "RUN_DIR/results.sqlite. Re-running computes only what is missing; changed "
                                    "sampler settings make new rows. Runs in-process by default, on a local "
-                                   "process pool, or on Ray (--executor ray [--address ADDR]).")
+                                   "process pool, or on Ray (--executor ray [--address ADDR]). Prints the plan "
+                                   "and its duration, measured on a short probe, before it starts.")
     p.add_argument("run_dirs", nargs="+", help="run directories (several: e.g. one per seed)")
     p.add_argument("--components", default="heads,all",
                    help="'heads' (every head: wrLLC), 'all' (full model), 'layer:0', 'l:h', 'a+b' for a union; "
@@ -427,13 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data sets, comma-separated: pretrain, code, prose, synthetic.dyck, a path, or "
                         "model:RUN_DIR@STEP (a reference model's predictions as soft targets); default pretrain")
     p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
-    p.add_argument("--executor", default="inprocess", choices=["inprocess", "pool", "ray"],
-                   help="where jobs run (default inprocess)")
-    p.add_argument("--address", help="Ray cluster address (with --executor ray); default: a private local runtime "
-                                     "bound to 127.0.0.1")
-    p.add_argument("--workers", type=_positive_int, help="pool processes or local Ray CPUs (default: all CPUs)")
+    _add_executor_args(p)
     _add_sampler_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="draw the stored LLC curves (per head, per data set, full model)",
@@ -456,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hessian", help="Hessian trace, FIM trace or Hessian rank over training",
                        description="Estimate the Hessian trace (Hutchinson), the FIM trace (data sampled from the "
                                    "model) or the Hessian rank (Chebyshev step function) at every checkpoint x "
-                                   "component x data set and store it beside the LLC results.")
+                                   "component x data set and store it beside the LLC results. Re-runs skip what "
+                                   "is stored; prints the plan and its measured duration first.")
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--measure", default="trace", choices=["trace", "fim", "rank"], help="what to estimate")
     p.add_argument("--components", default="all", help="components as for `rllc sweep` (default all)")
@@ -489,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold-fraction", type=float, help="η / λ_max for 'lanczos' (default 0.01)")
     g.add_argument("--lanczos-steps", type=int, help="Krylov dimension for 'lanczos' and the range check (default 30)")
     g.add_argument("--power-steps", type=int, help="power iterations for |λ_max| with 'adaptive' (default 50)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_executor_args(p)
+    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
     p.set_defaults(func=cmd_hessian)
 
     p = sub.add_parser("report", help="write one self-contained HTML report of one or several runs",

@@ -66,8 +66,8 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     from rllc.report.curves import plot_sweep
     from rllc.report.html import write_report
     from rllc.report.plots import plot_loss_curve
-    from rllc.sweep.store import ResultStore
-    from rllc.sweep.sweep import DEMO_SWEEP, SweepConfig, demo_sweep, plan_sweep, run_plan, select_steps
+    from rllc.pipeline.store import ResultStore
+    from rllc.sweep import DEMO_SWEEP, SweepConfig, demo_sweep, plan_sweep, run_plan, select_steps
 
     if preset not in PRESETS:
         raise RllcError(f"unknown demo preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -102,7 +102,8 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         timed("sampler check", lambda: run_plan(plan_sweep(out, components="heads,all", data="pretrain",
                                                            steps=check, config=paper), progress=progress))
     curve_pngs = timed("plots", lambda: plot_sweep(out, config_hash=sweep.config_hash))
-    heads = timed("heads", lambda: heads_command(out, config=HeadAnalysisConfig(max_checkpoints=32)))
+    heads = timed("heads", lambda: heads_command(out, config=HeadAnalysisConfig(max_checkpoints=32),
+                                                 progress=progress))
     results = ResultStore(out).frame(with_extra=True)
     stages = curve_stages(results[results.config_hash == sweep.config_hash])
     timing = formation_timing(stages, results)

@@ -18,7 +18,7 @@ from rllc.analysis.head_types import (
     synthetic_ground_truth,
     tokens_in_context_agreement,
 )
-from rllc.analysis.over_training import HeadAnalysis, HeadAnalysisConfig, analyze_heads, heads_command, select_steps
+from rllc.analysis.over_training import HeadAnalysis, HeadAnalysisConfig, analyze_heads, heads_command, plan_heads
 from rllc.analysis.patching import dyck_path_patching, dyck_tokens, path_patched_per_token_loss
 from rllc.analysis.scores import (
     attention_patterns,
@@ -53,7 +53,7 @@ __all__ = [
     "dyck_tokens", "head_score_table", "head_z_means", "heads_command",
     "icl_positions", "icl_score", "icl_score_se", "induction_scores", "label_agreement", "label_heads", "path_patched_per_token_loss",
     "per_token_loss", "prefix_matching_scores", "previous_token_scores",
-    "render_tokens_in_context_html", "repeated_random_tokens", "resample_permutation", "select_steps",
+    "render_tokens_in_context_html", "repeated_random_tokens", "plan_heads", "resample_permutation",
     "single_token_matching_scores", "single_token_matching_tokens",
     "synthetic_ground_truth", "tokens_in_context", "tokens_in_context_agreement", "tokens_in_context_summary",
 ]

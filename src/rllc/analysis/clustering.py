@@ -615,7 +615,7 @@ def store_clusters(run_dir: Any, result: ClusterResult, agreement: Agreement | N
     """
     from dataclasses import asdict
 
-    from rllc.sweep.store import ResultRow, ResultStore, config_hash
+    from rllc.pipeline.store import ResultRow, ResultStore, config_hash
 
     cfg = asdict(config)
     chash = config_hash({"clustering": cfg})

@@ -292,7 +292,7 @@ def evaluate_run(run_dir: Any) -> RunFindings:
 
     from rllc.analysis.clustering import cluster_layer
     from rllc.analysis.stages import curve_stages
-    from rllc.sweep.store import ResultStore
+    from rllc.pipeline.store import ResultStore
     from rllc.train import load_run
 
     run = load_run(Path(run_dir))

@@ -333,12 +333,14 @@ def rademacher(n: int, dim: int, generator: torch.Generator, dtype: torch.dtype 
 
 
 def hutchinson(matvec: MatVec, dim: int, n_probes: int, generator: torch.Generator,
-               dtype: torch.dtype = torch.float32, probe_batch: int = 1) -> tuple[float, float, tuple[float, ...]]:
+               dtype: torch.dtype = torch.float32, probe_batch: int = 1,
+               progress: Callable[[int, int], None] | None = None) -> tuple[float, float, tuple[float, ...]]:
     """Hutchinson's trace estimate of the operator v ↦ matvec(v) on R^dim.
 
     Args:
         matvec: (dim,) → (dim,); with probe_batch > 1 it must also map blocks (k, dim) → (k, dim).
         probe_batch: probes per matvec call (memory × probe_batch, far fewer passes; the values do not change).
+        progress: called as progress(probes_done, n_probes) after each block.
     Returns:
         (mean, standard error, per-probe values vᵀAv).
     """
@@ -346,6 +348,8 @@ def hutchinson(matvec: MatVec, dim: int, n_probes: int, generator: torch.Generat
     for V in _blocks(rademacher(n_probes, dim, generator, dtype), probe_batch):
         AV = matvec(V) if V.shape[0] > 1 else matvec(V[0])[None]  # (k, dim)
         vals += [float(x) for x in (V * AV).sum(1)]
+        if progress is not None:
+            progress(len(vals), n_probes)
     return _mean_se(vals)
 
 
@@ -360,7 +364,8 @@ def _mean_se(vals: list[float]) -> tuple[float, float, tuple[float, ...]]:
 
 
 def hessian_trace(model: nn.Module, data: torch.Tensor, *, component: Any = "all", loss_fn: LossFn | None = None,
-                  config: HessianConfig = HessianConfig()) -> TraceEstimate:
+                  config: HessianConfig = HessianConfig(),
+                  progress: Callable[[int, int], None] | None = None) -> TraceEstimate:
     """Weight- and data-refined Hessian trace by Hutchinson's estimator.
 
     Args:
@@ -369,6 +374,7 @@ def hessian_trace(model: nn.Module, data: torch.Tensor, *, component: Any = "all
         component: the coordinates (weight refinement), as in `ComponentHessian`.
         loss_fn: loss on a batch (default next-token cross-entropy; e.g. `soft_target_loss(ref)`).
         config: samples, probes, batch size, seed.
+        progress: called as progress(probes_done, n_probes).
 
     Returns:
         TraceEstimate of tr ∇²_V L on the data.
@@ -378,7 +384,7 @@ def hessian_trace(model: nn.Module, data: torch.Tensor, *, component: Any = "all
     op = ComponentHessian(model, data[:config.n_samples], loss_fn, component=component,
                           batch_size=config.batch_size)
     gen = torch.Generator().manual_seed(config.seed)
-    est, se, vals = hutchinson(op.hvp, op.dim, config.n_probes, gen, op.dtype, config.probe_batch)
+    est, se, vals = hutchinson(op.hvp, op.dim, config.n_probes, gen, op.dtype, config.probe_batch, progress)
     return TraceEstimate(est, se, op.dim, op.n_samples, vals, float(op.n_samples))
 
 
@@ -431,7 +437,8 @@ def sequence_logprob(model: nn.Module, tokens: torch.Tensor, batch_size: int = 3
 
 def fim_trace(model: nn.Module, *, component: Any = "all", config: HessianConfig = FIM_DEFAULT,
               n_ctx: int | None = None, samples: tuple[torch.Tensor, torch.Tensor] | None = None,
-              first_tokens: torch.Tensor | None = None) -> TraceEstimate:
+              first_tokens: torch.Tensor | None = None,
+              progress: Callable[[int, int], None] | None = None) -> TraceEstimate:
     """Fisher-information trace: the Hutchinson Hessian trace on data sampled from the model itself.
 
     Args:
@@ -444,6 +451,7 @@ def fim_trace(model: nn.Module, *, component: Any = "all", config: HessianConfig
             self-normalised importance weights p_model(x)/p_ref(x); the result's `ess` says how many samples
             the weights are worth. None: draw fresh samples from `model`.
         first_tokens: position-0 tokens for fresh samples (default uniform).
+        progress: called as progress(probes_done, n_probes).
 
     Returns:
         TraceEstimate of the FIM trace in the component's coordinates.
@@ -469,7 +477,7 @@ def fim_trace(model: nn.Module, *, component: Any = "all", config: HessianConfig
         ess = float(1.0 / (w ** 2).sum())
         op = ComponentHessian(model, tokens, component=component, batch_size=config.batch_size, weights=w)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    est, se, vals = hutchinson(op.hvp, op.dim, config.n_probes, gen, op.dtype, config.probe_batch)
+    est, se, vals = hutchinson(op.hvp, op.dim, config.n_probes, gen, op.dtype, config.probe_batch, progress)
     return TraceEstimate(est, se, op.dim, op.n_samples, vals, ess)
 
 
@@ -551,8 +559,11 @@ def step_coefficients(threshold: float, lo: float, hi: float, degree: int, dampi
 
 def chebyshev_step_trace(matvec: MatVec, dim: int, *, threshold: float, lo: float, hi: float, degree: int,
                          n_probes: int, generator: torch.Generator, dtype: torch.dtype = torch.float32,
-                         probe_batch: int = 1) -> tuple[float, float, tuple[float, ...]]:
+                         probe_batch: int = 1,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[float, float, tuple[float, ...]]:
     """Hutchinson estimate of tr h(A), h ≈ 1[λ ≥ threshold], for a symmetric A with spectrum inside [lo, hi].
+
+    `progress`, if given, is called as progress(probes_done, n_probes) after each block of probes.
 
     Returns:
         (mean, standard error, per-probe values).
@@ -575,17 +586,21 @@ def chebyshev_step_trace(matvec: MatVec, dim: int, *, threshold: float, lo: floa
             t_prev, t_cur = t_cur, 2 * B(t_cur) - t_prev  # T_j = 2 B T_{j-1} − T_{j-2}
             acc = acc + c[j] * (V * t_cur).sum(1)
         vals += [float(x) for x in acc]
+        if progress is not None:
+            progress(len(vals), n_probes)
     return _mean_se(vals)
 
 
 def operator_rank(matvec: MatVec, dim: int, config: RankConfig = RankConfig(),
-                  dtype: torch.dtype = torch.float32) -> RankEstimate:
+                  dtype: torch.dtype = torch.float32,
+                  progress: Callable[[int, int], None] | None = None) -> RankEstimate:
     """Number of eigenvalues ≥ the threshold of a symmetric operator, by the Chebyshev step-function method.
 
     Args:
         matvec: v (dim,) ↦ A v (dim,).
         dim: the operator's dimension.
         config: strategy, degree, range, threshold, probes, seed.
+        progress: called as progress(probes_done, n_probes).
 
     Returns:
         RankEstimate (the estimate is a real number; round it for a count).
@@ -613,20 +628,22 @@ def operator_rank(matvec: MatVec, dim: int, config: RankConfig = RankConfig(),
         lo, hi, eta = lmin - pad, lmax + pad, config.threshold_fraction * lmax
     est, se, vals = chebyshev_step_trace(matvec, dim, threshold=eta, lo=lo, hi=hi, degree=config.degree,
                                          n_probes=config.n_probes, generator=gen, dtype=dtype,
-                                         probe_batch=config.probe_batch)
+                                         probe_batch=config.probe_batch, progress=progress)
     in_range = None if extremes is None else bool(lo <= extremes[0] and extremes[1] <= hi)
     return RankEstimate(est, se, float(eta), (float(lo), float(hi)), config.degree, dim, vals, extremes, lam_abs,
                         in_range)
 
 
 def hessian_rank(model: nn.Module, data: torch.Tensor, *, component: Any = "all", loss_fn: LossFn | None = None,
-                 config: RankConfig = RankConfig()) -> RankEstimate:
+                 config: RankConfig = RankConfig(),
+                 progress: Callable[[int, int], None] | None = None) -> RankEstimate:
     """Weight- and data-refined Hessian rank (eigenvalues ≥ threshold) by the Chebyshev step-function method.
 
     Args:
         model, data, component, loss_fn: as in `hessian_trace` (the first `config.n_samples` rows of data).
         config: RankConfig (`RankConfig.paper_fixed()`: the paper's (−1000, 6000) and 500;
             `RankConfig.paper_adaptive()`: range ±|λ_max| by power iteration; "lanczos": Lanczos extremes).
+        progress: called as progress(probes_done, n_probes).
 
     Returns:
         RankEstimate.
@@ -635,7 +652,7 @@ def hessian_rank(model: nn.Module, data: torch.Tensor, *, component: Any = "all"
         raise RllcError(f"hessian_rank: {config.n_samples} samples asked, the data have {data.shape[0]}")
     op = ComponentHessian(model, data[:config.n_samples], loss_fn, component=component,
                           batch_size=config.batch_size)
-    return operator_rank(op.hvp, op.dim, config, op.dtype)
+    return operator_rank(op.hvp, op.dim, config, op.dtype, progress)
 
 
 def exact_hessian(model: nn.Module, data: torch.Tensor, *, component: Any = "all",

@@ -3,8 +3,8 @@
 Measures in the results store: "hessian_trace" and "hessian_rank" (data = the data spec the loss is taken on, as
 for the LLC), "fim_trace" (data = "self": sequences sampled from each checkpoint, or from the last checkpoint and
 reweighted when `reuse_fim_samples`). value = estimate, std = its standard error, extra = per-probe values and
-settings. Keys already stored under the same config hash are skipped, so a repeated call computes only what is
-missing.
+settings. These are three measures of the pipeline (`rllc.pipeline`): planned as jobs, skipped when stored,
+run on any executor, written by the driver alone; a repeated call computes only what is missing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from rllc.analysis.hessian import (
     hessian_trace,
     sample_from_model,
 )
-from rllc.sweep.store import ResultRow, ResultStore, config_hash
+from rllc.pipeline.driver import RunResult
+from rllc.pipeline.jobs import Plan
+from rllc.pipeline.store import ResultRow, config_hash
 
 Measure = Literal["trace", "fim", "rank"]
 MEASURE_NAMES = {"trace": "hessian_trace", "fim": "fim_trace", "rank": "hessian_rank"}
@@ -68,19 +70,51 @@ def _value_settings(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ("batch_size", "probe_batch")}
 
 
-@dataclass(frozen=True)
-class HessianSweepResult:
-    """What a sweep did: `computed` rows written, `skipped` keys already stored, the `config_hash` used."""
+FAMILIES = {"trace": "hessian_trace", "fim": "fim_trace", "rank": "hessian_rank"}  # pipeline families
 
-    measure: str
-    computed: int
-    skipped: int
-    config_hash: str
+
+def _settings(config: HessianSweepConfig, reference_step: int | None) -> dict[str, Any]:
+    """Everything a worker needs (plain JSON types); the hash covers only `config.hashed(measure)`."""
+    return {"trace": config.trace.to_dict(), "fim": config.fim.to_dict(), "rank": config.rank.to_dict(),
+            "split": config.split, "sample_seed": config.sample_seed,
+            "reuse_fim_samples": config.reuse_fim_samples, "reference_step": reference_step}
+
+
+def plan_hessian(run_dir: str | Path, *, measure: Measure = "trace", components: str | Sequence[str] = "all",
+                 data: str | Sequence[str] = "pretrain", steps: str | Sequence[int] | None = "all",
+                 config: HessianSweepConfig = HessianSweepConfig()) -> Plan:
+    """Plan a Hessian measure at checkpoints × components × data sets of a run (validates names; computes
+    nothing). Arguments as in `hessian_sweep`."""
+    from rllc.pipeline import data_key, plan_family, select_steps
+    from rllc.pipeline.data import check_data_spec, split_data_specs
+    from rllc.pipeline.jobs import require_writable
+    from rllc.sweep.sweep import expand_components
+    from rllc.train import load_run
+
+    if measure not in MEASURE_NAMES:
+        raise RllcError(f"unknown Hessian measure {measure!r}; use trace, fim or rank")
+    run = load_run(run_dir)
+    require_writable(run_dir)
+    comps = expand_components(components, run.config.model)
+    if measure == "fim":
+        keys = [(SELF_DATA, SELF_DATA)]
+    else:
+        specs = split_data_specs(data)
+        for spec in specs:
+            check_data_spec(run, spec)
+        keys = [(k.key, k.spec) for k in (data_key(run, spec) for spec in specs)]
+    chosen = select_steps(steps, run.steps, str(run_dir))
+    hashed = config.hashed(measure)
+    ref = chosen[-1] if measure == "fim" and config.reuse_fim_samples else None
+    return plan_family(run_dir, FAMILIES[measure], steps=chosen, components=comps, data=keys,
+                       settings=_settings(config, ref), config_hash=config_hash(hashed), record=hashed)
 
 
 def hessian_sweep(run_dir: str | Path, *, measure: Measure = "trace", components: str | Sequence[str] = "all",
                   data: str | Sequence[str] = "pretrain", steps: str | Sequence[int] | None = "all",
-                  config: HessianSweepConfig = HessianSweepConfig(), progress: bool = False) -> HessianSweepResult:
+                  config: HessianSweepConfig = HessianSweepConfig(), progress: bool = False,
+                  executor: str | Any = "inprocess", address: str | None = None,
+                  workers: int | None = None) -> RunResult:
     """Compute a Hessian measure at every checkpoint × component × data set of a run and store it.
 
     Args:
@@ -90,75 +124,73 @@ def hessian_sweep(run_dir: str | Path, *, measure: Measure = "trace", components
         data: data specs as for `rllc sweep` ("pretrain,code", "model:PATH@STEP", ...).
         steps: "all", "last", "every:N", "log:N", "S1,S2" or a list.
         config: HessianSweepConfig.
-        progress: print one line per stored row.
+        progress: print the plan and its measured duration, and a progress bar over probes.
+        executor, address, workers: where the tasks run, as for `rllc.sweep.run_sweep`.
 
     Returns:
-        HessianSweepResult.
+        The pipeline's `RunResult` (jobs planned, skipped, computed; one row per job; summary table).
     """
-    from rllc.sweep.refs import check_data_spec, resolve_data, split_data_specs
-    from rllc.sweep.sweep import expand_components, select_steps
-    from rllc.train import load_run
+    from rllc.pipeline.driver import run_with
 
-    if measure not in MEASURE_NAMES:
-        raise RllcError(f"unknown Hessian measure {measure!r}; use trace, fim or rank")
-    run = load_run(run_dir)
-    name = MEASURE_NAMES[measure]
-    comps = expand_components(components, run.config.model)
-    specs = [SELF_DATA] if measure == "fim" else split_data_specs(data)
-    for spec in specs:
-        if spec != SELF_DATA:
-            check_data_spec(run, spec)
-    chosen = select_steps(steps, run.steps, str(run_dir))
-    settings = config.hashed(measure)
-    chash = config_hash(settings)
-    store = ResultStore(run_dir)
-    store.put_config(chash, settings)
-    done = {k for k in store.done_keys(name) if k[4] == chash}
-    computed = skipped = 0
-    reused = None
-    for step in chosen:
-        model = None
-        for spec in specs:
-            todo = [c for c in comps if (step, c, spec, name, chash) not in done]
-            skipped += len(comps) - len(todo)
-            if not todo:
-                continue
-            model = run.model_at(step) if model is None else model
-            rows = []
-            if measure == "fim":
-                if config.reuse_fim_samples and reused is None:
-                    reused = _reference_samples(run, chosen[-1], config.fim)
-                first = None if reused else _first_tokens(run, config.fim.n_samples, config.fim.seed)
-                for c in todo:
-                    r = fim_trace(model, component=c.split("+"), config=config.fim, samples=reused,
-                                  first_tokens=first)
-                    rows.append(ResultRow(step, c, spec, name, chash, r.estimate, r.std_error, True,
-                                          {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes),
-                                           "ess": r.ess}))
-            else:
-                n = config.trace.n_samples if measure == "trace" else config.rank.n_samples
-                tokens, loss_fn = resolve_data(run, spec, n, seed=config.sample_seed, split=config.split)
-                for c in todo:
-                    if measure == "trace":
-                        r = hessian_trace(model, tokens, component=c.split("+"), loss_fn=loss_fn,
-                                          config=config.trace)
-                        extra = {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes)}
-                    else:
-                        r = hessian_rank(model, tokens, component=c.split("+"), loss_fn=loss_fn, config=config.rank)
-                        extra = {"dim": r.dim, "threshold": r.threshold, "range": list(r.range),
-                                 "degree": r.degree, "probes": list(r.probes),
-                                 "extremes": None if r.extremes is None else list(r.extremes),
-                                 "lambda_max_abs": r.lambda_max_abs, "in_range": r.in_range,
-                                 "warning": r.warning()}
-                    # A spectrum outside the Chebyshev range makes the estimate meaningless: stored, flagged invalid.
-                    rows.append(ResultRow(step, c, spec, name, chash, r.estimate,
-                                          r.std_error if math.isfinite(r.std_error) else None,
-                                          measure == "trace" or r.in_range is not False, extra))
-            computed += store.put_many(rows)
-            if progress:
-                for row in rows:
-                    print(f"{name} step {step} {row.component} on {spec}: {row.value:.4g} ± {row.std:.2g}")
-    return HessianSweepResult(name, computed, skipped, chash)
+    plan = plan_hessian(run_dir, measure=measure, components=components, data=data, steps=steps, config=config)
+    return run_with(plan, executor, address=address, workers=workers, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ the measures
+
+
+def _configs(task) -> tuple[HessianConfig, HessianConfig, RankConfig]:  # noqa: ANN001 - Task
+    s = task.settings
+    rank = {**s["rank"], "range": tuple(s["rank"]["range"])}
+    return HessianConfig(**s["trace"]), HessianConfig(**s["fim"]), RankConfig(**rank)
+
+
+def trace_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Task)
+    """The "hessian_trace" measure: Hutchinson's estimate of tr H of each component's loss on the task's data."""
+    trace, _, _ = _configs(task)
+    tokens, loss_fn = ctx.data(trace.n_samples, seed=task.settings["sample_seed"], split=task.settings["split"])
+    rows = []
+    for c in task.components:
+        r = hessian_trace(ctx.model, tokens, component=c.split("+"), loss_fn=loss_fn, config=trace,
+                          progress=ctx.counter(trace.n_probes))
+        rows.append(ResultRow(task.step, c, task.data, "hessian_trace", task.config_hash, r.estimate, r.std_error,
+                              True, {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes)}))
+    return rows
+
+
+def rank_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Task)
+    """The "hessian_rank" measure: the Chebyshev step-function estimate of each component's Hessian rank."""
+    _, _, rank = _configs(task)
+    tokens, loss_fn = ctx.data(rank.n_samples, seed=task.settings["sample_seed"], split=task.settings["split"])
+    rows = []
+    for c in task.components:
+        r = hessian_rank(ctx.model, tokens, component=c.split("+"), loss_fn=loss_fn, config=rank,
+                         progress=ctx.counter(rank.n_probes))
+        extra = {"dim": r.dim, "threshold": r.threshold, "range": list(r.range), "degree": r.degree,
+                 "probes": list(r.probes), "extremes": None if r.extremes is None else list(r.extremes),
+                 "lambda_max_abs": r.lambda_max_abs, "in_range": r.in_range, "warning": r.warning()}
+        # A spectrum outside the Chebyshev range makes the estimate meaningless: stored, flagged invalid.
+        rows.append(ResultRow(task.step, c, task.data, "hessian_rank", task.config_hash, r.estimate,
+                              r.std_error if math.isfinite(r.std_error) else None, r.in_range is not False, extra))
+    return rows
+
+
+def fim_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Task)
+    """The "fim_trace" measure: the FIM trace on sequences sampled from the checkpoint itself (or from the
+    reference step's model, reweighted, when `reuse_fim_samples`)."""
+    _, fim, _ = _configs(task)
+    ref = task.settings.get("reference_step")
+    run = ctx.run
+    reused = ctx.cached(("samples", ref, fim.seed, fim.n_samples), lambda: _reference_samples(run, ref, fim)) \
+        if ref is not None else None
+    first = None if reused else _first_tokens(run, fim.n_samples, fim.seed)
+    rows = []
+    for c in task.components:
+        r = fim_trace(ctx.model, component=c.split("+"), config=fim, samples=reused, first_tokens=first,
+                      progress=ctx.counter(fim.n_probes))
+        rows.append(ResultRow(task.step, c, task.data, "fim_trace", task.config_hash, r.estimate, r.std_error, True,
+                              {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes), "ess": r.ess}))
+    return rows
 
 
 def _first_tokens(run: Any, n: int, seed: int) -> torch.Tensor:

@@ -3,8 +3,11 @@
 `analyze_heads(run)` computes, at each selected checkpoint, the behavioural scores, ablation scores, ICL scores
 and composition scores of every head, and at the last checkpoint (or every one, if asked) tokens in context,
 head types and Dyck path patching; each value is a row of the run's results store (`rllc.load_results`), keyed
-by a hash of the settings below, so a re-run computes only what is missing. `heads_command` is what
-`rllc heads RUN_DIR` calls: it also writes the PNGs, the tokens-in-context HTML and the labelled table.
+by a hash of the settings below. Each family of measures is a function of the pipeline (`rllc.pipeline`,
+registered in `rllc/pipeline/measures.py`): `plan_heads` plans them as jobs, the driver skips what is stored
+(per measure and settings, so a measure added later is computed on runs analysed before), runs the rest on any
+executor and alone writes the rows. `heads_command` is what `rllc heads RUN_DIR` calls: it also writes the
+PNGs, the tokens-in-context HTML and the labelled table.
 
 Measures (component "l:h" unless noted; data is the held-out text spec unless noted):
   prev_token_score, current_token_score; induction_score (data "repeated_random"); prefix_matching_score (data
@@ -23,10 +26,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +59,9 @@ from rllc.analysis.token_contexts import (
 )
 from rllc.model.adapters import adapt
 from rllc.model.components import head_index, is_head_name
-from rllc.sweep.store import ResultRow, ResultStore, config_hash
+from rllc.pipeline.driver import RunResult
+from rllc.pipeline.jobs import Plan
+from rllc.pipeline.store import ResultRow, ResultStore, config_hash
 from rllc.train.run import Run, load_run
 
 ANALYSIS_VERSION = 2  # bump when a measure's definition changes, so old rows are not reused
@@ -96,9 +101,9 @@ class HeadAnalysis:
         results: long-form rows of every head measure at the analysed steps (the store's columns).
         table: the labelled head table at the last analysed step (one row per head: scores, ablations,
             tokens-in-context shares, label, confidence, evidence).
-        examples: tokens in context at the last step (one row per example), or None if loaded from the store.
+        examples: None (the stored top examples per head are in the `tic_unique_multigrams` rows' extras).
         patching: Dyck path patching at the last step (receiver, senders, subset, increases).
-        steps: the analysed steps; computed: number of rows written now.
+        steps: the analysed steps; computed: number of rows written now; run: the pipeline's `RunResult`.
     """
 
     run_dir: Path
@@ -110,17 +115,7 @@ class HeadAnalysis:
     computed: int = 0
     files: list[Path] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
-
-
-def select_steps(steps: Sequence[int], n: int) -> list[int]:
-    """At most n of the steps, evenly spaced in log(1 + step), always keeping the first and the last."""
-    steps = sorted(steps)
-    if len(steps) <= n:
-        return steps
-    logs = np.log1p(np.asarray(steps, dtype=float))
-    targets = np.linspace(logs[0], logs[-1], n)
-    picked = {steps[int(np.abs(logs - t).argmin())] for t in targets} | {steps[0], steps[-1]}
-    return sorted(picked)
+    run: RunResult | None = None
 
 
 def _hashes(cfg: HeadAnalysisConfig, text: str) -> dict[str, str]:
@@ -135,94 +130,241 @@ def _hashes(cfg: HeadAnalysisConfig, text: str) -> dict[str, str]:
     }
 
 
-@torch.no_grad()
-def _score_rows(model, tokens: torch.Tensor, step: int, text: str, chash: str, cfg: HeadAnalysisConfig,
-                icl_tokens: torch.Tensor | None = None) -> list[ResultRow]:
-    """Attention, induction, prefix-matching, ablation and ICL scores of every head at one step.
+# Pipeline families of the head analysis: (family, settings group, data set, where computed). "text" is the
+# held-out text spec; "tic" steps are the last analysed checkpoint (or every one with tic_steps="all").
+FAMILIES = [
+    ("attention_scores", "scores", "text", "all"),
+    ("induction_score", "scores", "repeated_random", "all"),
+    ("prefix_matching_score", "scores", "repeated_random", "all"),
+    ("ablation", "scores", "text", "all"),
+    ("composition", "composition", "weights", "all"),
+    ("path_patching", "patching", "synthetic.dyck", "tic"),
+    ("tokens_in_context", "tic", "text", "tic"),
+]
 
-    `icl_tokens` (n_icl, n_ctx): the windows the ICL scores average over (default: `tokens`)."""
+
+def _components(family: str, mc) -> list[str]:  # noqa: ANN001 - ModelConfig
+    L, H = mc.n_layers, mc.n_heads
+    heads = [f"{l}:{h}" for l in range(L) for h in range(H)]
+    if family == "ablation":
+        return [*heads, "all"]  # "all": the intact model's ICL score
+    if family == "composition":
+        return ["random"] + [f"{ls}:{i}->{lr}:{j}" for ls in range(L) for lr in range(ls + 1, L)
+                             for i in range(H) for j in range(H)]
+    if family == "path_patching":
+        return [c for lr in range(1, L) for j in range(H)
+                for c in [*(f"{lr - 1}:{i}->{lr}:{j}" for i in range(H)), f"layer{lr - 1}->{lr}:{j}"]]
+    return heads
+
+
+def plan_heads(run: Run | str | Path, steps: str | Sequence[int] | None = None, *,
+               config: HeadAnalysisConfig = HeadAnalysisConfig()) -> Plan:
+    """Plan every head measure at the chosen checkpoints (validates; computes nothing).
+
+    Args:
+        run: a Run or run directory.
+        steps: a step spec as for `rllc sweep` ("all", "last", "log:N", "S1,S2", a list); default
+            f"log:{config.max_checkpoints}" (log-spaced, first and last kept).
+        config: the analysis settings (their hashes key the stored rows).
+
+    Returns:
+        A `rllc.pipeline.Plan`: per checkpoint one task per family in `FAMILIES` (composition and path patching
+        need two layers or more).
+    """
+    from rllc.pipeline import data_key, plan_family, select_steps
+    from rllc.pipeline.jobs import require_writable, stored_keys
+
+    run = run if isinstance(run, Run) else load_run(run)
+    if not run.steps:
+        raise RllcError(f"run {run.path} has no checkpoints yet; train it first")
+    require_writable(run.path)
+    chosen = select_steps(f"log:{config.max_checkpoints}" if steps is None else steps, run.steps, str(run.path))
+    text = data_key(run, config.text or text_part(run.config.train.data))  # keyed by what it resolves to
+    hashes = _hashes(config, text.key)
+    mc = run.config.model
+    settings = {"analysis": dataclasses.asdict(config), "text": text.key, "text_spec": text.spec,
+                "score_hash": hashes["scores"]}
+    record = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    tic_steps = chosen if config.tic_steps == "all" else [chosen[-1]]
+    done = stored_keys(Path(run.path).absolute())
+    plan = Plan()
+    for family, group, data, where in FAMILIES:
+        if family in ("composition", "path_patching") and mc.n_layers < 2:
+            continue
+        keys = (text.key, text.spec) if data == "text" else (data, data)
+        plan = plan + plan_family(run.path, family, steps=chosen if where == "all" else tic_steps,
+                                  components=_components(family, mc), data=[keys], settings=settings,
+                                  config_hash=hashes[group], record={"analysis": "heads", "group": group, **record},
+                                  done=done)
+    order = {f: i for i, (f, *_) in enumerate(FAMILIES)}
+    plan.tasks.sort(key=lambda t: (t.step, order[t.family]))  # a checkpoint's tasks in a row: one model load
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ the measures
+
+
+def _config(task) -> HeadAnalysisConfig:  # noqa: ANN001 - Task
+    d = dict(task.settings["analysis"])
+    return HeadAnalysisConfig(**{**d, "tic": TokensInContextConfig(**d["tic"]),
+                                 "thresholds": HeadTypeThresholds(**d["thresholds"])})
+
+
+def _text_tokens(ctx, cfg: HeadAnalysisConfig, text: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """The held-out windows every text score is measured on, (n_text, n_ctx), and those the ICL scores average
+    over, (n_icl, n_ctx), drawn in that order from one generator (`text`: a resolvable spec)."""
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        data, gen = ctx.run.dataset(text, split="val"), torch.Generator().manual_seed(cfg.seed)
+        return data.sample_batch(cfg.n_text, gen), data.sample_batch(cfg.n_icl, gen)
+
+    return ctx.cached(("text", text, cfg.n_text, cfg.n_icl, cfg.seed), draw, keep=2)
+
+
+def _head_rows(task, measure: str, values: torch.Tensor) -> list[ResultRow]:  # noqa: ANN001
+    L, H = values.shape
+    return [ResultRow(task.step, f"{l}:{h}", task.data, measure, task.config_hash, float(values[l, h]))
+            for l in range(L) for h in range(H)]
+
+
+@torch.no_grad()
+def attention_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Task)
+    """Previous-token and current-token scores of every head on the held-out text."""
+    cfg = _config(task)
+    pats = attention_patterns(adapt(ctx.model), _text_tokens(ctx, cfg, task.data_spec)[0])
+    return _head_rows(task, "prev_token_score", _diagonal_score(pats, 1)) + \
+        _head_rows(task, "current_token_score", _diagonal_score(pats, 0))
+
+
+@torch.no_grad()
+def induction_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Induction score of every head on repeated random sequences."""
+    cfg = _config(task)
+    return _head_rows(task, "induction_score", induction_scores(adapt(ctx.model), n=cfg.n_repeated, seed=cfg.seed))
+
+
+@torch.no_grad()
+def prefix_matching_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Prefix-matching score of every head."""
+    cfg = _config(task)
+    return _head_rows(task, "prefix_matching_score", prefix_matching_scores(adapt(ctx.model), n=cfg.n_repeated,
+                                                                            seed=cfg.seed))
+
+
+@torch.no_grad()
+def ablation_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Zero, mean and resample ablation scores (loss increase, nats) of every head, and ICL scores: of the model
+    with each head mean-ablated, and of the intact model (component "all")."""
+    cfg = _config(task)
+    model = adapt(ctx.model)
+    tokens, icl_tokens = _text_tokens(ctx, cfg, task.data_spec)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    icl_tokens = tokens if icl_tokens is None else icl_tokens
-    pats = attention_patterns(model, tokens)
-    vals = {("prev_token_score", text): _diagonal_score(pats, 1), ("current_token_score", text): _diagonal_score(pats, 0),
-            ("induction_score", "repeated_random"): induction_scores(model, n=cfg.n_repeated, seed=cfg.seed),
-            ("prefix_matching_score", "repeated_random"): prefix_matching_scores(model, n=cfg.n_repeated,
-                                                                                 seed=cfg.seed)}
-    del pats
     clean = per_token_loss(model, tokens)  # (B, T - 1)
     means = head_z_means(model, tokens)
+    rows = []
     for kind in KINDS:
         out = torch.zeros(L, H)
         for l in range(L):
             for h in range(H):
                 loss = ablated_per_token_loss(model, tokens, [(l, h)], kind, means=means, seed=cfg.seed)
                 out[l, h] = loss.mean() - clean.mean()
-        vals[(f"ablation_{kind}", text)] = out
-    rows = [ResultRow(step, f"{l}:{h}", data, measure, chash, float(v[l, h]))
-            for (measure, data), v in vals.items() for l in range(L) for h in range(H)]
+        rows += _head_rows(task, f"ablation_{kind}", out)
     late, early = icl_positions(icl_tokens.shape[1])
     info = {"n_windows": int(icl_tokens.shape[0]), "late": late, "early": early}
     for l in range(L):
         for h in range(H):
             m, se = icl_score_se(ablated_per_token_loss(model, icl_tokens, [(l, h)], "mean", means=means,
                                                         seed=cfg.seed))
-            rows.append(ResultRow(step, f"{l}:{h}", text, "icl_score", chash, m, se, extra=info))
+            rows.append(ResultRow(task.step, f"{l}:{h}", task.data, "icl_score", task.config_hash, m, se, extra=info))
     m, se = icl_score_se(per_token_loss(model, icl_tokens))
-    rows.append(ResultRow(step, "all", text, "icl_score", chash, m, se, extra=info))
+    rows.append(ResultRow(task.step, "all", task.data, "icl_score", task.config_hash, m, se, extra=info))
     return rows
 
 
-def _composition_rows(model, step: int, chash: str, baselines: dict[str, tuple[float, float]]) -> list[ResultRow]:
+def composition_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Q/K/V-composition of every head pair (sender layer < receiver layer) and the Gaussian baseline
+    (component "random", std = its spread)."""
+    cfg, model = _config(task), adapt(ctx.model)
+    mc = model.cfg
+    baselines = ctx.cached(("baselines", cfg.composition_baseline_samples, cfg.seed), lambda: {
+        m: composition_baseline(mc.d_model, mc.d_head, m, n=cfg.composition_baseline_samples, seed=cfg.seed)
+        for m in MODES})
     rows = []
-    cfg = model.cfg
     for mode in MODES:
         base, std = baselines[mode]
-        rows.append(ResultRow(step, "random", "weights", f"{mode}_composition", chash, base, std))
-        for ls in range(cfg.n_layers):
-            for lr in range(ls + 1, cfg.n_layers):
+        rows.append(ResultRow(task.step, "random", task.data, f"{mode}_composition", task.config_hash, base, std))
+        for ls in range(mc.n_layers):
+            for lr in range(ls + 1, mc.n_layers):
                 s = composition_scores(model, mode, sender_layer=ls, receiver_layer=lr)
-                rows += [ResultRow(step, f"{ls}:{i}->{lr}:{j}", "weights", f"{mode}_composition", chash,
-                                   None if math.isnan(float(s[i, j])) else float(s[i, j]),
+                rows += [ResultRow(task.step, f"{ls}:{i}->{lr}:{j}", task.data, f"{mode}_composition",
+                                   task.config_hash, None if math.isnan(float(s[i, j])) else float(s[i, j]),
                                    valid=not math.isnan(float(s[i, j])))
-                         for i in range(cfg.n_heads) for j in range(cfg.n_heads)]
+                         for i in range(mc.n_heads) for j in range(mc.n_heads)]
     return rows
 
 
-def _patching_rows(model, run: Run, step: int, chash: str, cfg: HeadAnalysisConfig) -> list[ResultRow]:
+def patching_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Dyck path patching: the loss increase (nats) on nested and unnested brackets when the path from one
+    sender ("0:i->1:j") or from every head below the receiver ("layer0->1:j") to the receiver is patched."""
     from rllc.data import synthetic_config_for
 
+    cfg, model, run = _config(task), adapt(ctx.model), ctx.run
     if "blocks.1.hook_q_input" not in adapt(model).hook_names:
         return []  # this family computes one LayerNorm for Q, K and V: no separate paths to patch
     synth = synthetic_config_for("synthetic.dyck", run.tokenizer, seed=run.config.train.seed)
     mc = model.cfg
     rows, cache = [], {}
+    wanted = set(task.components)
     for lr in range(1, mc.n_layers):
         for j in range(mc.n_heads):
             sender_sets = {f"{lr - 1}:{i}->{lr}:{j}": [(lr - 1, i)] for i in range(mc.n_heads)}
             sender_sets[f"layer{lr - 1}->{lr}:{j}"] = [(l, i) for l in range(lr) for i in range(mc.n_heads)]
             for comp, senders in sender_sets.items():
+                if comp not in wanted:
+                    continue
                 df = dyck_path_patching(model, synth, senders, (lr, j), n=cfg.patching_n, seed=cfg.seed,
                                         cache=cache).set_index("subset")
                 for subset in ("nested", "unnested"):
                     r = df.loc[subset]
                     ok = r.n_positions > 0
-                    rows.append(ResultRow(step, comp, "synthetic.dyck", f"path_patching_{subset}", chash,
+                    rows.append(ResultRow(task.step, comp, task.data, f"path_patching_{subset}", task.config_hash,
                                           float(r.path_increase) if ok else None, valid=bool(ok),
                                           extra={"n_positions": int(r.n_positions),
                                                  "full_increase": float(r.full_increase) if ok else None}))
     return rows
 
 
-def _tic_rows(model, tokens: torch.Tensor, brackets: BracketVocab, step: int, text: str, chash: str,
-              cfg: HeadAnalysisConfig, score_frame: pd.DataFrame) -> tuple[list[ResultRow], pd.DataFrame]:
-    ex = tokens_in_context(model, tokens, config=cfg.tic, brackets=brackets)
+def _score_frame(ctx, task, cfg: HeadAnalysisConfig) -> pd.DataFrame:  # noqa: ANN001
+    """The per-head attention and induction scores at the task's step that head types are labelled from: read
+    from the store when it holds them (the scores tasks ran first), else computed here (same values)."""
+    need = {"prev_token_score", "current_token_score", "induction_score"}
+    h = task.settings["score_hash"]
+    frame = ResultStore(task.run_dir).frame()
+    frame = frame[(frame.config_hash == h) & (frame.step == task.step) & frame.measure.isin(need)]
+    wide = _wide(frame, task.step) if len(frame) else pd.DataFrame()
+    n_heads = adapt(ctx.model).cfg.n_layers * adapt(ctx.model).cfg.n_heads
+    if len(wide) == n_heads and need <= set(wide.columns) and wide[sorted(need)].notna().all().all():
+        return wide
+    text = replace(task, data=task.settings["text"], spec=task.settings["text_spec"])
+    rows = attention_rows(ctx, text) + induction_rows(ctx, replace(task, data="repeated_random", spec=""))
+    return _wide(pd.DataFrame([dataclasses.asdict(r) for r in rows]), task.step)
+
+
+def tic_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
+    """Tokens in context of every head (class shares, unique multigrams, top examples) and the automatic head
+    types (value: confidence; extra: label, family, evidence)."""
+    cfg, model, run = _config(task), adapt(ctx.model), ctx.run
+    score_frame = _score_frame(ctx, task, cfg)
+    tokens = run.dataset(task.data_spec, split="val").sample_batch(cfg.tic.n_samples,
+                                                              torch.Generator().manual_seed(cfg.seed))
+    ex = tokens_in_context(model, tokens, config=cfg.tic, brackets=BracketVocab.from_tokenizer(run.tokenizer))
     summ = tokens_in_context_summary(ex)
     labels = label_heads(score_frame, summ, cfg.thresholds)
-    rows = []
+    rows, step, text, chash = [], task.step, task.data, task.config_hash
     for _, s in summ.iterrows():
         top = ex[ex.component == s.component].head(20)
         examples = [{"tokens": r.tokens, "attention": [round(a, 4) for a in r.attention], "label": r.label,
-                     "loss_increase": round(float(r.loss_increase), 4), "pos": int(r.pos)} for r in top.itertuples()]
+                     "pattern": r.pattern, "loss_increase": round(float(r.loss_increase), 4), "pos": int(r.pos)}
+                    for r in top.itertuples()]
         for c in CLASSES:
             rows.append(ResultRow(step, s.component, text, f"tic_frac_{c}", chash, float(s[f"frac_{c}"]),
                                   extra={"unique": int(s[f"unique_{c}"]), "count": int(s[f"count_{c}"]), "n": int(s.n)}))
@@ -231,7 +373,10 @@ def _tic_rows(model, tokens: torch.Tensor, brackets: BracketVocab, step: int, te
     for _, r in labels.iterrows():
         rows.append(ResultRow(step, r.component, text, "head_type", chash, float(r.confidence),
                               extra={"label": r.label, "family": r.family, "evidence": r.evidence}))
-    return rows, ex
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the analysis
 
 
 def _wide(results: pd.DataFrame, step: int) -> pd.DataFrame:
@@ -245,89 +390,43 @@ def _wide(results: pd.DataFrame, step: int) -> pd.DataFrame:
 
 
 def analyze_heads(
-    run: Run | str | Path, steps: Sequence[int] | None = None, *, config: HeadAnalysisConfig = HeadAnalysisConfig(),
-    progress: Callable[[str], None] | None = None,
+    run: Run | str | Path, steps: str | Sequence[int] | None = None, *,
+    config: HeadAnalysisConfig = HeadAnalysisConfig(), progress: bool = False, executor: str | Any = "inprocess",
+    address: str | None = None, workers: int | None = None,
 ) -> HeadAnalysis:
     """Compute and store every head measure over a run's checkpoints; label the heads at the last step.
 
     Args:
         run: a Run or run directory.
-        steps: checkpoint steps (default: `config.max_checkpoints` of them, log-spaced, first and last kept).
+        steps: a step spec ("all", "last", "log:N", "S1,S2", a list; default f"log:{config.max_checkpoints}").
         config: the analysis settings (their hash keys the stored rows).
-        progress: called with one line per checkpoint (e.g. `print`), or None.
+        progress: print the plan and its measured duration, and a progress bar over tasks.
+        executor, address, workers: where the tasks run, as for `rllc.sweep.run_sweep`.
     Returns:
         HeadAnalysis (results frame, labelled table at the last step, tokens in context, path patching).
     """
+    from rllc.pipeline.driver import run_with
+
     run = run if isinstance(run, Run) else load_run(run)
-    if not run.steps:
-        raise RllcError(f"run {run.path} has no checkpoints yet; train it first")
-    steps = sorted(set(steps)) if steps is not None else select_steps(run.steps, config.max_checkpoints)
-    for s in steps:
-        run._check_step(s)
-    text = config.text or text_part(run.config.train.data)
-    hashes = _hashes(config, text)
+    plan = plan_heads(run, steps, config=config)
+    done = run_with(plan, executor, address=address, workers=workers, progress=progress,
+                    table=lambda p: pd.DataFrame())
+    steps = sorted({t.step for t in plan.tasks})
+    hashes = {t.config_hash for t in plan.tasks}
     store = ResultStore(run.path)
-    for group, h in hashes.items():
-        store.put_config(h, {"analysis": "heads", "group": group, **json.loads(json.dumps(dataclasses.asdict(config),
-                                                                                        default=str))})
-    gen = torch.Generator().manual_seed(config.seed)
-    text_tokens = run.dataset(text, split="val").sample_batch(config.n_text, gen)  # (n_text, n_ctx)
-    icl_tokens = run.dataset(text, split="val").sample_batch(config.n_icl, gen)  # (n_icl, n_ctx)
-    tic_data = run.dataset(text, split="val")
-    mc = run.config.model
-    heads = [f"{l}:{h}" for l in range(mc.n_layers) for h in range(mc.n_heads)]
-    done = store.done_keys()
-    baselines: dict[str, tuple[float, float]] = {}
-    tic_steps = set(steps) if config.tic_steps == "all" else {steps[-1]}
-    computed, examples = 0, None
-    for step in steps:
-        t0 = time.perf_counter()
-        want = lambda measure, comps, data, group: any(  # noqa: E731
-            (step, c, data, measure, hashes[group]) not in done for c in comps)
-        model, rows = None, []
-        get_model = lambda: model if model is not None else adapt(run.model_at(step))  # noqa: E731
-        if want("ablation_resample", heads, text, "scores") or want("icl_score", ["all"], text, "scores"):
-            model = get_model()
-            rows += _score_rows(model, text_tokens, step, text, hashes["scores"], config, icl_tokens)
-        if mc.n_layers >= 2 and want("k_composition", ["random"], "weights", "composition"):
-            model = get_model()
-            if not baselines:
-                baselines = {m: composition_baseline(mc.d_model, mc.d_head, m, n=config.composition_baseline_samples,
-                                                     seed=config.seed) for m in MODES}
-            rows += _composition_rows(model, step, hashes["composition"], baselines)
-        if step in tic_steps:
-            if mc.n_layers >= 2 and want("path_patching_nested", [f"layer0->1:{j}" for j in range(mc.n_heads)],
-                                         "synthetic.dyck", "patching"):
-                model = get_model()
-                rows += _patching_rows(model, run, step, hashes["patching"], config)
-            if want("head_type", heads, text, "tic"):
-                model = get_model()
-                computed += store.put_many(rows)
-                rows = []
-                done = store.done_keys()
-                frame = store.frame()
-                score_frame = _wide(frame[frame.config_hash == hashes["scores"]], step)
-                tic_tokens = tic_data.sample_batch(config.tic.n_samples, torch.Generator().manual_seed(config.seed))
-                tic_rows, examples = _tic_rows(model, tic_tokens, BracketVocab.from_tokenizer(run.tokenizer), step,
-                                               text, hashes["tic"], config, score_frame)
-                rows += tic_rows
-        computed += store.put_many(rows)
-        if progress is not None:
-            progress(f"step {step}: {len(rows)} rows computed in {time.perf_counter() - t0:.1f} s"
-                     if rows else f"step {step}: all stored")
     frame = store.frame(with_extra=True)
-    frame = frame[frame.config_hash.isin(hashes.values()) & frame.step.isin(steps)].reset_index(drop=True)
+    frame = frame[frame.config_hash.isin(hashes) & frame.step.isin(steps)].reset_index(drop=True)
     last = steps[-1]
     table = _wide(frame, last)
     types = frame[(frame.step == last) & (frame.measure == "head_type")]
     if len(types):
         info = pd.DataFrame([{"component": c, **e} for c, e in zip(types.component, types.extra)])
         table = table.drop(columns=["head_type"]).merge(info, on="component", how="left")
-        table = table.rename(columns={}).assign(confidence=table.component.map(dict(zip(types.component, types.value))))
+        table = table.assign(confidence=table.component.map(dict(zip(types.component, types.value))))
     patch = frame[(frame.step == last) & frame.measure.str.startswith("path_patching")]
     patching = patch.pivot_table(index="component", columns="measure", values="value").reset_index() if len(patch) \
         else pd.DataFrame()
-    return HeadAnalysis(run.path, frame.drop(columns=["extra"]), table, examples, patching, steps, computed)
+    return HeadAnalysis(run.path, frame.drop(columns=["extra"]), table, None, patching, steps, done.rows, run=done)
 
 
 # ------------------------------------------------------------------------------------------------------ figures
@@ -395,9 +494,10 @@ def _heatmaps(results: pd.DataFrame, step: int, n_heads: int, path: Path, title:
     return path
 
 
-def heads_command(run_dir: str | Path, steps: Sequence[int] | None = None, *,
+def heads_command(run_dir: str | Path, steps: str | Sequence[int] | None = None, *,
                   config: HeadAnalysisConfig = HeadAnalysisConfig(), out_dir: str | Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> HeadAnalysis:
+                  progress: bool = False, executor: str | Any = "inprocess", address: str | None = None,
+                  workers: int | None = None) -> HeadAnalysis:
     """`rllc heads RUN_DIR [--steps ...]`: compute and store all head measures, write figures, HTML and tables.
 
     Writes into `out_dir` (default RUN_DIR/heads): head_types.csv (labelled table at the last step),
@@ -405,9 +505,10 @@ def heads_command(run_dir: str | Path, steps: Sequence[int] | None = None, *,
     composition_heatmaps.png, composition_over_training.png, tokens_in_context.html.
     Returns:
         HeadAnalysis with `.files` and `.summary` (lines for the CLI to print after `.table`). Prints nothing
-        itself except through `progress`.
+        itself except, with `progress`, the plan, its estimate and the bar (stderr).
     """
-    result = analyze_heads(run_dir, steps, config=config, progress=progress)
+    result = analyze_heads(run_dir, steps, config=config, progress=progress, executor=executor, address=address,
+                           workers=workers)
     out = Path(out_dir) if out_dir is not None else result.run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
     name, res, last = result.run_dir.name, result.results, result.steps[-1]
@@ -436,7 +537,8 @@ def heads_command(run_dir: str | Path, steps: Sequence[int] | None = None, *,
         files.append(html_path)
     result.files = files
     t = result.table
-    result.summary = [f"{name}: {len(result.steps)} checkpoints analysed ({result.steps[0]}..{last}); "
+    result.summary = [result.run.headline() if result.run else "",
+                      f"{name}: {len(result.steps)} checkpoints analysed ({result.steps[0]}..{last}); "
                       f"{result.computed} new rows in {result.run_dir / 'results.sqlite'}"]
     if "label" in t:
         for lab, g in t.groupby("label"):
@@ -449,7 +551,7 @@ def _write_tic_html(result: HeadAnalysis, path: Path) -> Path | None:
     run = load_run(result.run_dir)
     ex = result.examples
     if ex is None:  # rebuild the stored top examples
-        from rllc.sweep.store import ResultStore
+        from rllc.pipeline.store import ResultStore
 
         frame = ResultStore(result.run_dir).frame(with_extra=True)
         rows = frame[(frame.step == result.steps[-1]) & (frame.measure == "tic_unique_multigrams")]
@@ -459,7 +561,9 @@ def _write_tic_html(result: HeadAnalysis, path: Path) -> Path | None:
                            for e in x.get("examples", [])])
         if ex.empty:
             return None
-        ex["pattern"] = ""
+        if "pattern" not in ex:  # rows stored before the pattern was kept
+            ex["pattern"] = ""
+        ex["pattern"] = ex["pattern"].fillna("")
     tok = run.tokenizer
     return render_tokens_in_context_html(ex, path, lambda i: tok.decode([int(i)]),
                                          title=f"{result.run_dir.name}: tokens in context at step {result.steps[-1]}")

@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 from rllc._errors import RllcError, check_writable, writing  # noqa: E402
 from rllc.model.components import head_index, is_head_name  # noqa: E402
 from rllc.report.plots import draw_loss  # noqa: E402
-from rllc.sweep.refs import is_model_spec  # noqa: E402
-from rllc.sweep.store import ResultStore, load_results  # noqa: E402
+from rllc.pipeline.data import is_model_spec  # noqa: E402
+from rllc.pipeline.store import ResultStore, load_results  # noqa: E402
 
 
 def _slug(s: str) -> str:

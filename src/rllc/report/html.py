@@ -71,7 +71,7 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
         if not d.is_dir():
             raise RllcError(f"report: {d} is not a directory; pass run directories written by `rllc train`")
     out = Path(out) if out is not None else dirs[0] / REPORT_NAME
-    from rllc.sweep.store import STORE_NAME, ResultStore
+    from rllc.pipeline.store import STORE_NAME, ResultStore
     from rllc.train import load_run
 
     for d in dirs:  # a directory that is no run, or a store that is no SQLite file, fails here and not in the page
@@ -222,7 +222,7 @@ class _RunData:
 
     @classmethod
     def load(cls, path: Path, name: str) -> _RunData:
-        from rllc.sweep.store import STORE_NAME, ResultStore
+        from rllc.pipeline.store import STORE_NAME, ResultStore
         from rllc.train import load_run
 
         errors: list[str] = []

@@ -10,10 +10,18 @@ Two kinds of spec:
 
 A list of specs on the command line is comma-separated; consecutive weighted parts ("x*w") stay together as one
 mixture, so "pretrain,code,prose*0.5,code*0.5" is three data sets. ";" separates specs explicitly.
+
+The results store keys a data set by what it resolves to, not by how it was spelled (`data_key`): a reference
+model by its run directory's absolute path and its step (`model:runs/ref@last` and `model:/abs/runs/ref@5000` are
+one key once "last" is 5000); a path by its absolute location and a fingerprint of its files' bytes
+(`/abs/corpus#1a2b3c4d`: editing a file makes a new key); a mixture by its parts with weights normalised to 1.
+Named sources ("pretrain", "code", "synthetic.dyck", ...) are their own key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +140,84 @@ def resolve_data(run, spec: str, n_samples: int, *, seed: int = 0,  # noqa: ANN0
         tokens = run.sample_tokens("pretrain", n_samples, split=split, seed=seed)
         return tokens, soft_target_loss(reference)
     return run.sample_tokens(spec, n_samples, split=split, seed=seed), next_token_loss
+
+
+# ------------------------------------------------------------------------------------------------ data keys
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data set as the store keys it.
+
+    Attributes:
+        key: the canonical name written in the store's `data` column.
+        spec: the spec a worker resolves (absolute paths, the reference's step made explicit).
+    """
+
+    key: str
+    spec: str
+
+
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+def content_fingerprint(files: list[Path]) -> str:
+    """8 hex digits of a BLAKE2 hash of the files' bytes (and their names relative to their common parent)."""
+    h = hashlib.blake2b(digest_size=4)
+    root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path("/")
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_FINGERPRINT_CHUNK):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _path_part(source: str) -> tuple[str, str]:
+    """(key, spec) of one user path part: absolute location + content fingerprint."""
+    from rllc.data.corpora import _JSONL_FIELD, resolve_files
+
+    m = _JSONL_FIELD.match(source)
+    if m:
+        path = Path(m["path"]).resolve()
+        if not path.is_file():
+            raise RllcError(f"data file {m['path']} not found; check the path")
+        spec = f"{path}:{m['field']}"
+        files = [path]
+    else:
+        spec = os.path.abspath(source) if not Path(source).exists() else str(Path(source).resolve())
+        files = [f.resolve() for f in resolve_files(spec if Path(spec).exists() else source)]
+    return f"{spec}#{content_fingerprint(files)}", spec
+
+
+def _canonical_source(source: str) -> tuple[str, str]:
+    from rllc.data.corpora import is_user_source
+
+    if source == "pretrain" or source.startswith("hf:") or not is_user_source(source):
+        return source, source
+    return _path_part(source)
+
+
+def data_key(run, spec: str) -> DataKey:  # noqa: ANN001 - Run
+    """The store key and the resolvable spec of a data spec, however it was spelled (see the module docstring)."""
+    from rllc.data.dataset import _split_weight
+
+    spec = spec.strip()
+    if is_model_spec(spec):
+        from rllc.train import load_run
+
+        ref = ModelRef.parse(spec)
+        ref_run = load_run(ref.path)
+        step = ref_run._check_step(ref.step) if ref.step is not None else (ref_run.steps or [None])[-1]
+        if step is None:
+            raise RllcError(f"reference run {ref.path} has no checkpoints yet")
+        canon = f"{MODEL_PREFIX}{Path(ref.path).resolve()}@{step}"
+        return DataKey(canon, canon)
+    parts = [_split_weight(p.strip(), spec) for p in spec.split(",")]
+    if len(parts) == 1:
+        key, resolved = _canonical_source(parts[0][0])
+        return DataKey(key, resolved)
+    total = sum(w for _, w in parts)
+    canon = [(*_canonical_source(s), w / total) for s, w in parts]
+    return DataKey(",".join(f"{k}*{w:g}" for k, _, w in canon), ",".join(f"{r}*{w:g}" for _, r, w in canon))
