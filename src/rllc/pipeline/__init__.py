@@ -21,6 +21,6 @@ from rllc.pipeline.worker import TaskContext, run_task
 __all__ = [
     "DataKey", "InProcessExecutor", "Job", "MEASURES", "Measure", "ModelRef", "Plan", "PoolExecutor", "RayExecutor",
     "ResultRow", "ResultStore", "RunResult", "Task", "TaskContext", "config_hash", "data_key", "export_results",
-    "load_results", "local_ray_settings", "make_executor", "plan_family", "resolve_data", "run_plan", "run_task", "run_with",
-    "select_steps", "split_data_specs", "summary_table",
+    "load_results", "local_ray_settings", "make_executor", "plan_family", "resolve_data", "run_plan", "run_task",
+    "run_with", "select_steps", "split_data_specs", "summary_table",
 ]
