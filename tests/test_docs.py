@@ -192,8 +192,50 @@ def test_python_blocks_run(path, docs_dir, cheap_sampler):
         exec(compile(code, str(b.path), "exec"), namespace)  # noqa: S102 - the docs' own samples
 
 
+def figure_problems(fig) -> list[str]:  # noqa: ANN001 - a matplotlib Figure
+    """What a figure lacks: a title, axis labels on every panel that shows data, a legend wherever a panel draws
+    several labelled series, integer ticks on heatmaps of head indices."""
+    problems = []
+    title = fig._suptitle.get_text() if fig._suptitle else ""  # noqa: SLF001 - matplotlib has no public getter
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.axison]
+    for k, ax in enumerate(panels):
+        name = f"panel {k} ({ax.get_title() or 'untitled'})"
+        drawn = ax.lines or ax.collections or ax.images or ax.patches
+        if not drawn:
+            continue
+        if not (title or ax.get_title()):
+            problems.append(f"{name}: no title")
+        xlabel = ax.get_xlabel() or any(o.get_xlabel() for o in ax.get_shared_x_axes().get_siblings(ax))
+        ylabel = ax.get_ylabel() or any(o.get_ylabel() for o in ax.get_shared_y_axes().get_siblings(ax))
+        if not xlabel or not ylabel:  # a panel sharing an axis with a labelled one is labelled
+            problems.append(f"{name}: axis label missing (x {ax.get_xlabel()!r}, y {ax.get_ylabel()!r})")
+        series = [h for h in ax.get_legend_handles_labels()[1] if not h.startswith("_")]
+        if len(series) >= 2 and ax.get_legend() is None and not fig.legends:
+            problems.append(f"{name}: {len(series)} labelled series and no legend")
+        if ax.images:
+            ticks = [*ax.get_xticks(), *ax.get_yticks()]
+            if any(abs(t - round(t)) > 1e-9 for t in ticks):
+                problems.append(f"{name}: heatmap ticks are not integers: {ticks}")
+    return problems
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib Figure saved while the test runs (PNG files and the report's inline images)."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = [], Figure.savefig
+
+    def recording(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        saved.append((str(args[0]) if args and isinstance(args[0], (str, Path)) else "inline image", self))
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved
+
+
 @pytest.mark.parametrize("path", [p for p in DOCS if any(b.lang == "bash" for b in blocks(p))], ids=_doc_id)
-def test_bash_blocks_parse_and_run(path, docs_dir, capsys):
+def test_bash_blocks_parse_and_run(path, docs_dir, capsys, saved_figures):
     from rllc.cli import build_parser, main
 
     ran = 0
@@ -214,5 +256,28 @@ def test_bash_blocks_parse_and_run(path, docs_dir, capsys):
             rc = main(argv[1:] + cheap(argv))
             out = capsys.readouterr()
             assert rc == 0, f"{where}: `{shlex.join(argv)}` exited {rc}:\n{out.err}"
+            if sub == "heads":  # the head table fits a 100-column terminal
+                table = out.out.split("\n(main scores")[0].splitlines()
+                assert max(map(len, table)) <= 100, table[0]
             ran += 1
     assert ran or path.name != "README.md"
+    # Every figure the commands drew: titled, labelled, with legends (matplotlib's artists, not file sizes).
+    assert len(saved_figures) >= 5 or path.name != "README.md", "the tour draws figures; none were recorded"
+    problems = [f"{Path(name).name}: {p}" for name, fig in saved_figures for p in figure_problems(fig)]
+    assert not problems, "\n".join(problems)
+
+
+def test_figure_problems_finds_what_a_figure_lacks():
+    import matplotlib.pyplot as plt
+
+    fig, (bare, good) = plt.subplots(1, 2)
+    bare.plot([0, 1], label="a")
+    bare.plot([1, 0], label="b")
+    bare.imshow([[0, 1], [1, 0]])
+    good.plot([0, 1], label="a")
+    good.set(xlabel="step", ylabel="λ̂", title="good")
+    problems = figure_problems(fig)
+    plt.close(fig)
+    assert any("no title" in p for p in problems) and any("axis label missing" in p for p in problems)
+    assert any("no legend" in p for p in problems) and any("not integers" in p for p in problems)
+    assert not [p for p in problems if "good" in p]

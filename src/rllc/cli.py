@@ -103,19 +103,27 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_heads(args: argparse.Namespace) -> None:
-    from rllc.analysis import heads_command
-
-    from rllc.analysis import HeadAnalysisConfig, TokensInContextConfig
+    from rllc.analysis import HeadAnalysisConfig, TokensInContextConfig, heads_command
 
     config = HeadAnalysisConfig()
     if args.tic == "paper":
         config = HeadAnalysisConfig(tic=TokensInContextConfig.paper())
     res = heads_command(args.run_dir, args.steps, config=config, progress=not args.quiet, executor=args.executor,
                         address=args.address, workers=args.workers)
-    cols = [c for c in res.table.columns if c not in ("evidence",)]
-    print(res.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    table = res.table
+    if not args.all_columns:  # the columns a researcher reads first, under short names: fits a 100-column terminal
+        table = table[[c for c in _HEAD_COLUMNS if c in table]].rename(columns=_HEAD_COLUMNS)
+    print(table.drop(columns=["evidence"], errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if not args.all_columns:
+        print(f"(main scores only; all {len(res.table.columns)} columns: --all-columns, or "
+              f"{Path(args.run_dir) / 'heads' / 'head_types.csv'})")
     for line in res.summary:
         print(line)
+
+
+_HEAD_COLUMNS = {"component": "head", "prev_token_score": "prev-token", "induction_score": "induction",
+                 "current_token_score": "current-token", "prefix_matching_score": "prefix-match",
+                 "ablation_mean": "mean-ablation", "label": "type", "confidence": "confidence"}
 
 
 def _floats(s: str) -> list[float]:
@@ -222,12 +230,15 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(result.table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for m in result.messages:
         print(f"note: {m}")
-    plot_calibration(result, out)
+    plot_calibration(result, out, title=f"{Path(args.run_dir).name} step {step}, component "
+                                         f"{args.component or 'all'}, data {args.data}")
     rec = result.recommended
     if rec is None:
         print("no setting recommended; widen the grid (smaller ε, larger γ) and look at the plot")
     else:
-        print(f"recommended: --epsilon {rec.epsilon:g} --nbeta {rec.nbeta:g} --gamma {rec.gamma:g}")
+        print(f"recommended: --epsilon {rec.epsilon:g} --nbeta {rec.nbeta:g} --gamma {rec.gamma:g}  (the largest "
+              f"usable ε; a tie goes to the first nβ and γ listed: --nbetas {','.join(f'{x:g}' for x in args.nbetas)}"
+              f", --gammas {','.join(f'{x:g}' for x in args.gammas)})")
     print(f"loss traces: {out}")
 
 
@@ -390,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens-in-context scale: cpu (128 sequences, top 100 per head; the default) or paper "
                         "(Appendix B: 100,000 sequences, top 1,000). The n-gram and skip n-gram shares depend on "
                         "top k (a pattern must recur among a head's top k), so compare heads at one scale")
+    p.add_argument("--all-columns", action="store_true",
+                   help="print every column of the head table (default: the main scores and the head type)")
     _add_executor_args(p)
     p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
     p.set_defaults(func=cmd_heads)
@@ -420,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--component", help="component that moves (default: all)")
     p.add_argument("--data", default="pretrain", help="data set (default: the run's training data)")
     p.add_argument("--epsilons", type=_floats, default=[3e-4, 1e-3, 3e-3], help="ε grid (default 3e-4,1e-3,3e-3)")
-    p.add_argument("--nbetas", type=_floats, default=[10.0, 30.0], help="nβ grid (default 10,30)")
+    p.add_argument("--nbetas", type=_floats, default=[30.0, 10.0],
+                   help="nβ grid (default 30,10); cells usable at the same ε are a tie, won by the first nβ listed "
+                        "(30: the paper's)")
     p.add_argument("--gammas", type=_floats, default=[200.0], help="γ grid (default 200)")
     p.add_argument("--plot", help="PNG path for the traces (default RUN_DIR/calibration_stepS.png)")
     _add_sampler_args(p)

@@ -442,8 +442,12 @@ def _curves(results: pd.DataFrame, measures: Sequence[str], path: Path, title: s
     measures = [m for m in measures if m in set(results.measure)]
     if not measures:
         return None
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.6), dpi=110, squeeze=False)
-    for ax, m in zip(axes[0], measures):
+    ncols = min(3, len(measures))  # a grid, not one long row
+    nrows = -(-len(measures) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.6, 3.3 * nrows), dpi=110, squeeze=False)
+    for ax in axes.flat[len(measures):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, measures):
         d = results[results.measure == m].sort_values("step")
         for comp, g in d.groupby("component", sort=True):
             if comp == "random":
@@ -453,15 +457,29 @@ def _curves(results: pd.DataFrame, measures: Sequence[str], path: Path, title: s
                 continue
             ax.plot(g.step.clip(lower=1), g.value, lw=1.1, label=comp)
         ax.set_xscale("log")
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step (step 0 drawn at 1)")
+        ax.set_ylabel(_y_label(m), fontsize=8)
         ax.set_title(m.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, ncol=2)
+    handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=6, title="head", title_fontsize=7,
+               ncol=1 + len(handles) // 18)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - (0.9 + 0.6 * (len(handles) // 18)) / fig.get_figwidth(), 1))
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _y_label(measure: str) -> str:
+    """The y label of a head measure's panel, with its unit."""
+    if measure.startswith("ablation_"):
+        return "loss increase when ablated (nats)"
+    if measure.endswith("_composition"):
+        return "composition score (norm ratio)"
+    if measure == "icl_score":
+        return "loss late − loss early in context (nats)"
+    return "attention score (0–1)"
 
 
 def _heatmaps(results: pd.DataFrame, step: int, n_heads: int, path: Path, title: str) -> Path | None:
@@ -482,11 +500,13 @@ def _heatmaps(results: pd.DataFrame, step: int, n_heads: int, path: Path, title:
             mat[int(s.split(":")[1]), int(r.split(":")[1])] = v
         base = d[(d.measure == f"{mode}_composition") & (d.component == "random")].value
         im = ax.imshow(mat, cmap="viridis", vmin=0)
+        ax.set_xticks(range(n_heads))  # head indices are integers
+        ax.set_yticks(range(n_heads))
         ax.set_xlabel("layer-1 head (receiver)")
         ax.set_ylabel("layer-0 head (sender)")
         ax.set_title(f"{mode.upper()}-composition (random baseline {float(base.iloc[0]) if len(base) else float('nan'):.3f})",
                      fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="composition score (norm ratio)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -115,8 +115,12 @@ def calibrate(
     return CalibrationResult(table=table, recommended=recommended, results=tuple(results), messages=tuple(messages))
 
 
-def plot_calibration(result: CalibrationResult, path: str | Path) -> Path:
-    """Write a PNG grid of λ̂ traces nβ(L_t − L*) per chain: rows (nβ, γ), columns ε. Returns the path."""
+def plot_calibration(result: CalibrationResult, path: str | Path, *, title: str = "") -> Path:
+    """Write a PNG grid of λ̂ traces nβ(L_t − L*) per chain: rows (nβ, γ), columns ε. Returns the path.
+
+    `title` says on what the grid ran (run, step, component, data); a legend names the chains and the suptitle
+    explains the flags and the ★.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -129,13 +133,20 @@ def plot_calibration(result: CalibrationResult, path: str | Path) -> Path:
     for _, row in t.iterrows():
         i, j = groups.index((row["nbeta"], row["gamma"])), eps.index(row["epsilon"])
         ax = axes[i][j]
-        ax.plot(row["nbeta"] * (row["loss_trace"].T - row["init_loss"]), lw=0.7)
+        traces = row["nbeta"] * (row["loss_trace"].T - row["init_loss"])  # (draws, chains)
+        ax.plot(traces, lw=0.7, label=[f"chain {c}" for c in range(traces.shape[1])])
         flag = "" if row["valid"] and row["converged"] else (" DIVERGED" if row["n_diverged"] else " FLAGGED")
         star = " ★" if row["recommended"] else ""
         ax.set_title(f"ε={row['epsilon']:g} nβ={row['nbeta']:g} γ={row['gamma']:g}\n"
                      f"λ̂={row['llc_mean']:.3g}{flag}{star}", fontsize=8)
         ax.set_xlabel("draw", fontsize=7)
+        ax.set_ylabel("nβ (L_n(w_t) − L_n(w*))", fontsize=7)
         ax.tick_params(labelsize=6)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7)
+    fig.suptitle(f"{title + ': ' if title else ''}SGLD loss traces per chain; λ̂ = their mean over draws. "
+                 "★ recommended (the largest usable ε); FLAGGED: not converged or unstable against a smaller ε; "
+                 "DIVERGED: a chain diverged", fontsize=8, wrap=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

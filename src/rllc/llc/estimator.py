@@ -142,6 +142,11 @@ class _Callback:
         pass
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 component', '8 components'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _progress(total: int, on: bool | Callable[[int, int], None], desc: str):
     """None, a tqdm bar over ``total`` draws (``on=True``), or a callback sink (``on`` callable)."""
     if callable(on):
@@ -239,7 +244,7 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     named = {n: p.detach() for n, p in star_model.named_parameters()}
     anchors = [lay.gather(named) for lay in layouts]
     groups = _plan(model, loss_fn, source, masks_list, layouts, cfg, batched, device)
-    bar = _progress(cfg.draws * len(groups), progress, f"SGLD ({cfg.sampler}, {len(components)} components)")
+    bar = _progress(cfg.draws * len(groups), progress, f"SGLD ({cfg.sampler}, {_count(len(components), 'component')})")
     runs: list[Run | None] = [None] * len(components)
     try:
         for idx, strategy in groups:

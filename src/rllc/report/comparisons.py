@@ -15,6 +15,15 @@ import pandas as pd  # noqa: E402
 from rllc.analysis.stages import Stages  # noqa: E402
 
 _STAGE_COLOURS = ("#4c72b0", "#dd8452")
+STAGES_NOTE = ("shaded S1, S2, …: developmental stages of the full-model LLC on the pre-training data "
+               "(dashed: stage boundaries, dotted: transitions)")
+_MEASURE_LABELS = {"llc": "λ̂ (LLC)", "hessian_trace": "tr H (Hutchinson)", "fim_trace": "tr F (Fisher information)",
+                   "hessian_rank": "rank of H (eigenvalues above η)"}
+
+
+def with_stages_note(title: str, stages: Stages | None) -> str:
+    """`title`, and on a second line what the shaded stages are when a figure draws them."""
+    return title if stages is None else f"{title}\n{STAGES_NOTE}"
 
 
 def shade_stages(ax: plt.Axes, stages: Stages, *, labels: bool = True, alpha: float = 0.08) -> None:
@@ -56,10 +65,13 @@ def plot_hessian_comparison(results: pd.DataFrame, path: str | Path, *, componen
             shade_stages(ax, stages)
         ax.set_xscale("log")
         ax.set_xlabel("training step")
-        ax.set_title(m.replace("_", " "), fontsize=9)
+        ax.set_ylabel(_MEASURE_LABELS.get(m, m.replace("_", " ")) + " (bars: ±1 s.e.)", fontsize=8)
+        ax.set_title(m.replace("_", " ") + (" on self-sampled data" if m == "fim_trace" else f" on {data}"),
+                     fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title or f"LLC and Hessian measures on {data}", fontsize=9)
+        ax.legend(fontsize=6, title="component", title_fontsize=6)
+    fig.suptitle(with_stages_note(title or f"LLC and Hessian measures over training on {data}", stages),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -77,10 +89,13 @@ def plot_cluster_metrics(metrics: pd.DataFrame, path: str | Path, *, chosen_k: i
             ax.plot(g.k, g[name], "o-", ms=3, label=alg)
         if chosen_k is not None:
             ax.axvline(chosen_k, color="0.4", ls="--", lw=0.8)
-        ax.set_xlabel("k")
-        ax.set_title(name.replace("_", " ") + (" (lower is better)" if name == "davies_bouldin" else ""), fontsize=9)
+        ax.set_xlabel("k (number of clusters)")
+        better = "lower" if name == "davies_bouldin" else "higher"
+        ax.set_ylabel(f"{name.replace('_', '-')} score ({better} is better)", fontsize=8)
+        ax.set_title(name.replace("_", " ") + (f" (dashed: chosen k = {chosen_k})" if chosen_k is not None else ""),
+                     fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        ax.legend(fontsize=7, title="algorithm", title_fontsize=7)
     fig.suptitle(title or "clustering metrics", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -109,6 +124,8 @@ def plot_split_tree(tree: pd.DataFrame, path: str | Path, *, title: str = "") ->
     ax.set_xlim(0, width)
     ax.set_ylim(-len(ks) + 0.5, 0.5)
     ax.set_xticks([])
+    ax.set_xlabel("clusters at each k (boxes: the heads in each; lines: which cluster each split from)")
+    ax.set_ylabel("number of clusters k")
     for s in ("top", "right", "bottom"):
         ax.spines[s].set_visible(False)
     ax.set_title(title or "how the clusters split as k grows", fontsize=9)
@@ -132,7 +149,7 @@ def plot_curve_with_stages(steps: Sequence[float], values: Sequence[float], stag
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title(title or f"{ylabel} and developmental stages", fontsize=9)
+    ax.set_title(with_stages_note(title or f"{ylabel} and developmental stages", stages), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

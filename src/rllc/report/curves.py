@@ -71,6 +71,12 @@ def _stages(df: pd.DataFrame):  # noqa: ANN202 - Stages | None
         return None
 
 
+def _with_note(title: str, stages) -> str:  # noqa: ANN001
+    from rllc.report.comparisons import with_stages_note
+
+    return with_stages_note(title, stages)
+
+
 def _shade(ax, stages) -> None:  # noqa: ANN001
     if stages is not None:
         from rllc.report.comparisons import shade_stages
@@ -103,7 +109,7 @@ def plot_heads(df: pd.DataFrame, path: str | Path, *, title: str, stages=None) -
         ax.legend(fontsize=7, ncol=2, title="head l:h", title_fontsize=7)
         _shade(ax, stages)
     axes[0][0].set_ylabel("λ̂ (shaded: ±1 s.d. across chains; x: invalid)")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_with_note(title, stages), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -133,7 +139,7 @@ def plot_full(df: pd.DataFrame, run, path: str | Path, *, title: str, stages=Non
     ax_llc.legend(fontsize=7)
     for ax in (ax_loss, ax_llc):
         _shade(ax, stages)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_with_note(title, stages), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -129,6 +129,8 @@ class _Doc:
         if len(df) > max_rows:
             more = f"<p class=note>{len(df) - max_rows} more rows not shown.</p>"
             df = df.head(max_rows)
+        # an all-missing object column (e.g. a stage without a transition) holds None, which to_html prints as-is
+        df = df.apply(lambda c: c.where(c.notna(), "–") if c.dtype == object else c)
         body = df.to_html(index=False, na_rep="–", escape=True, border=0, classes="tbl",
                           float_format=lambda x: _fmt(x, digits))
         return (f'<p class=tcap><b>Table {self.n_tab}.</b> {caption}</p><div class=tblwrap>'
