@@ -31,3 +31,36 @@ def test_demo_end_to_end_then_resumes_without_recomputing(tmp_path):
     again = demo(out, steps=60, progress=False)
     assert any("LLC sweep: 0 estimates computed now" in line for line in again.summary)
     assert len(ResultStore(out).frame()) == len(store)  # nothing duplicated
+
+
+def test_demo_pipeline_on_a_tiny_run(tiny_run, tiny_text, tmp_path, monkeypatch):
+    """Every demo stage after training (sweep, specialisation, Hessian trace, heads, stages, report, findings) on
+    the tiny run with a cheap sampler: the wiring, not the numbers."""
+    import shutil
+
+    import rllc.sweep.sweep as sweep_mod
+    import rllc.workflows as wf
+    from tests.conftest import tiny_configs
+
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_run.path, out)
+    monkeypatch.setattr(wf, "preset_configs", lambda *a, **k: tiny_configs(tiny_text))
+    monkeypatch.setitem(sweep_mod.DEMO_SWEEP, "draws", 3)
+    monkeypatch.setitem(sweep_mod.DEMO_SWEEP, "chains", 2)
+    monkeypatch.setitem(sweep_mod.DEMO_SWEEP, "n_samples", 16)
+    monkeypatch.setitem(sweep_mod.DEMO_SWEEP, "steps", "log:3")
+    monkeypatch.setattr(wf, "DEMO_SAMPLER", {"burn_in": 2})
+    monkeypatch.setattr(wf, "DEMO_HESSIAN", {"n_samples": 4, "n_probes": 2, "batch_size": 4})
+    res = wf.demo(out, progress=False)
+    from rllc.sweep.store import ResultStore
+
+    store = ResultStore(out).frame()
+    llc = store[store.measure == "llc"]
+    assert {"pretrain", "code", "synthetic.repeat", "prose"} <= set(llc.data)
+    assert (store.measure == "hessian_trace").any()
+    assert any(line.startswith("sampler: SGLD") and "burn_in 2 (paper 0)" in line for line in res.summary)
+    for i, title in enumerate(("Differentiation", "Specialisation", "Stages vs induction", "Multigram circuit",
+                               "Hessian trace vs LLC"), 1):
+        line = next(x for x in res.summary if x.startswith(f"finding {i}. {title}"))
+        assert any(v in line for v in ("REPRODUCED", "NOT REPRODUCED", "NOT APPLICABLE")), line
+    assert "Findings" in (out / "report.html").read_text()
