@@ -52,7 +52,7 @@ def test_demo_pipeline_on_a_tiny_run(tiny_run, tiny_text, tmp_path, monkeypatch)
     monkeypatch.setattr(wf, "DEMO_SAMPLER", {"burn_in": 2})
     monkeypatch.setattr(wf, "DEMO_HESSIAN", {"n_samples": 4, "n_probes": 2, "batch_size": 4})
     res = wf.demo(out, progress=False)
-    from rllc.sweep.store import ResultStore
+    from rllc.pipeline.store import ResultStore
 
     store = ResultStore(out).frame()
     llc = store[store.measure == "llc"]
