@@ -24,8 +24,9 @@ class DemoResult:
 
 
 # The demo's sampler: the paper's ε, nβ, γ and 4 chains, but 20 draws of batch 8 after 30 burn-in steps, with
-# paired differences. Measured against the paper's (200 draws of batch 32) on heads 0:0, 1:0, 1:2 at step 4,200:
-# ratios 0.79, 0.86, 0.77 (0.60, 0.51, 0.51 without the burn-in) — still outside 10%; README "Main command".
+# paired differences. Measured against the paper's (200 draws of batch 32) on heads 0:0, 1:0, 1:2: ratios 0.79,
+# 0.86, 0.77 at step 4,200 and 0.90, 0.83, 0.80 at 2,500 (0.51–0.70 without the burn-in) — still outside 10%;
+# README "Main command".
 DEMO_SAMPLER = dict(burn_in=30)
 # Specialisation (§4.2): per-head drLLC at the last checkpoints on data richer (repeated spans) and poorer (prose
 # only) in the induction pattern than the pre-training mixture, which is half repeated spans.
