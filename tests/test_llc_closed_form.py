@@ -31,16 +31,20 @@ def _kernel(sampler: str, eps: float) -> dict:
     return dict(sampler=sampler, epsilon=eps * EPS_SCALE[sampler])
 
 
-# RMSProp-SGLD at devinterp's defaults misses these at SGLD's tolerance, upward: the regular d = 2 case reads
-# 1.079 ± 0.038 (+8%) and is the same with 5× the burn-in (1.082 ± 0.036), but 1.035 ± 0.033 with α = 0.999 — the
-# bias comes from the preconditioner adapting to the chain's own recent position (no Γ correction term, as in
-# devinterp), not from mixing. Strict: these fail the test run the day they pass.
-RMSPROP_MISS = "RMSProp-SGLD (α 0.99, ϵ 0.1) is biased upward by its state-dependent preconditioner; docs/llc.md"
+# RMSProp-SGLD's default (adapt="burnin") freezes its preconditioner after burn-in and passes every case below at
+# SGLD's tolerances. devinterp's update (adapt="always": the preconditioner follows the chain, no Γ correction term)
+# misses them upward, e.g. the regular d = 2 case reads 1.079 ± 0.038 (+8%), the same with 5× the burn-in
+# (1.082 ± 0.036): the draws are ∝ e^(−U)/G, not e^(−U) (docs/llc.md); `test_devinterp_rmsprop_stays_biased`.
+RMSPROP_MISS = "RMSProp-SGLD with adapt='always' (devinterp's) is biased upward by its moving preconditioner"
+# Still missed with the frozen preconditioner, at the tests' run lengths: RRR (3,3,3,1) reads 3.78 ± 0.04 (−5.5%,
+# below: chains still rising, the frozen G shrinks some directions' steps and slows their relaxation), the product
+# 0.184 ± 0.003 vs λ̂ target 0.173 (+6%, was +74% with adapt='always'; 2.3 se above the finite-nβ value 0.176).
+FROZEN_MISS = "RMSProp-SGLD (frozen preconditioner) misses at the tests' run lengths; notes/issue-11.md"
 
 
 def _expect_miss(request, sampler: str) -> None:
     if sampler == "rmsprop_sgld":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=RMSPROP_MISS))
+        request.applymarker(pytest.mark.xfail(strict=True, reason=FROZEN_MISS))
 
 
 def _whitened_regression(d: int, n: int, h: np.ndarray, seed: int, k: int | None = None):
@@ -80,17 +84,24 @@ def _check(res, target: float, rel: float, exact: float | None = None) -> None:
 
 @pytest.mark.parametrize("sampler", KERNELS)
 @pytest.mark.parametrize("d", [2, 5, 12])
-def test_regular_model_gives_half_the_dimension(d, sampler, request):
-    if d != 5:
-        _expect_miss(request, sampler)
+def test_regular_model_gives_half_the_dimension(d, sampler, settings=None):
     h = np.linspace(1.0, 2.0, d)
     model, data = _whitened_regression(d, 64, h, seed=d)
     nbeta, gamma = 2000.0, 1.0
     eps = 0.04 / (nbeta * h.max() + gamma)
     res = estimate_llc(model, data, loss_fn=_mse, nbeta=nbeta, gamma=gamma, chains=200,
-                       burn_in=200, draws=400, batch_size=64, seed=d, **_kernel(sampler, eps))
+                       burn_in=200, draws=400, batch_size=64, seed=d, **_kernel(sampler, eps),
+                       **({} if settings is None else {"sampler_settings": settings}))
     _, disc = _gauss_exact(h, nbeta, gamma, eps)
     _check(res, d / 2, 0.05, disc)
+
+
+@pytest.mark.xfail(strict=True, reason=RMSPROP_MISS)
+@pytest.mark.parametrize("d", [2, 12])
+def test_devinterp_rmsprop_stays_biased(d):
+    # The same case and tolerance with devinterp's always-adapting preconditioner: it fails (strict: this test
+    # fails the day that passes), and the frozen default above passes.
+    test_regular_model_gives_half_the_dimension(d, "rmsprop_sgld", {"adapt": "always"})
 
 
 # (M, H, N, r[, s]): Aoyagi–Watanabe case 1 even (3,3,3,1), case 1 odd (4,3,4,2), case 2, case 3, (2,4,2,0) on the
@@ -225,8 +236,7 @@ def test_normal_crossing_products_trend_toward_lambda():
 
 
 @pytest.mark.parametrize("sampler", KERNELS)
-def test_weight_and_data_refinement_of_a_regular_model(sampler, request):
-    _expect_miss(request, sampler)
+def test_weight_and_data_refinement_of_a_regular_model(sampler):
     d, n = 8, 64
     h = np.linspace(1.0, 2.0, d)
     nbeta, gamma = 2000.0, 1.0

@@ -133,14 +133,14 @@ def _floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
-def _setting(s: str) -> tuple[str, float]:
+def _setting(s: str) -> tuple[str, float | str]:
     name, sep, value = s.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. alpha=0.99 or adapt=always), got {s!r}")
     try:
-        if not sep or not name.strip():
-            raise ValueError
         return name.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. alpha=0.99), got {s!r}") from None
+        return name.strip(), value.strip()  # a word setting (adapt); the kernel checks it
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +150,10 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                         "update; Hitchcock & Hoogland 2025); see docs/llc.md")
     g.add_argument("--sampler-setting", action="append", metavar="NAME=VALUE", type=_setting,
                    help="a kernel setting, repeatable: for rmsprop_sgld alpha (squared-gradient decay, default "
-                        "0.99) and eps (stabiliser in 1/(sqrt(V) + eps), default 0.1)")
+                        "0.99), eps (stabiliser in 1/(sqrt(V) + eps), default 0.1), adapt (burnin: the "
+                        "preconditioner adapts during burn-in, or the first `warmup` steps when burn-in is 0, then "
+                        "is frozen — exact, the default; always: devinterp's update, biased upward) and warmup "
+                        "(default 100)")
     g.add_argument("--epsilon", type=float, help="step size ε (default 1e-3)")
     g.add_argument("--nbeta", type=float, help="inverse temperature times sample size, nβ (default 30)")
     g.add_argument("--gamma", type=float, help="localisation strength γ (default 200)")

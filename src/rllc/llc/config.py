@@ -12,6 +12,18 @@ from typing import Any
 from rllc._errors import RllcError
 
 
+def _setting_value(name: str, value: Any, default: float | str) -> float | str:
+    """A kernel setting as its default's type: a string for word settings, a float for numbers."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise RllcError(f"sampler setting {name} must be a word (default {default!r}), got {value!r}")
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RllcError(f"sampler setting {name} must be a number (default {default!r}), got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Sampler hyperparameters for one LLC estimate.
@@ -45,7 +57,7 @@ class SamplerConfig:
     # own settings as (name, value) pairs — e.g. (("alpha", 0.99), ("eps", 0.1)) — completed from the kernel's
     # defaults, so the hash records every value the kernel used. A dict is accepted and stored sorted.
     sampler: str = "sgld"
-    sampler_settings: tuple[tuple[str, float], ...] = ()
+    sampler_settings: tuple[tuple[str, float | str], ...] = ()
 
     def __post_init__(self) -> None:
         from rllc.llc.kernels import get_kernel
@@ -59,7 +71,7 @@ class SamplerConfig:
         if unknown:
             known = ", ".join(sorted(kernel.DEFAULTS)) or "none"
             raise RllcError(f"sampler {self.sampler!r} has no setting(s) {sorted(unknown)}; its settings: {known}")
-        merged = {k: float(given.get(k, v)) for k, v in kernel.DEFAULTS.items()}
+        merged = {k: _setting_value(k, given.get(k, v), v) for k, v in kernel.DEFAULTS.items()}
         try:
             kernel.hyper(1.0, 1.0, 1.0, merged)
         except ValueError as e:
@@ -102,7 +114,7 @@ class SamplerConfig:
         """Whether a chain whose minibatch loss is ``loss`` has diverged: non-finite, or nβ(loss − L(w*)) > limit."""
         return not math.isfinite(loss) or self.nbeta * (loss - init_loss) > limit
 
-    def settings(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float | str]:
         """The kernel's own settings, name → value (complete: defaults filled in)."""
         return dict(self.sampler_settings)
 

@@ -127,7 +127,7 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
     dtype = anchors[0].dtype if anchors else torch.float32
     batches = None if full else BatchStream(cfg.seed, data_key, C, source.n, cfg.batch_size)
     noises = noise_streams(cfg.seed, data_key, identities, C, [lay.size for lay in layouts], dtype)
-    hyper = kernel.hyper(cfg.epsilon, cfg.nbeta, cfg.gamma, cfg.settings())
+    hyper = kernel.hyper(cfg.epsilon, cfg.nbeta, cfg.gamma, cfg.settings(), cfg.burn_in)
     states = [kernel.init(a.expand(C, -1).clone()) for a in anchors]
     trace = np.full((Q, C, cfg.draws), np.nan)
     star = np.full((C, cfg.draws), np.nan) if paired else None

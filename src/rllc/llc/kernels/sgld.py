@@ -32,7 +32,7 @@ class Info(NamedTuple):
     pass
 
 
-def hyper(epsilon: float, nbeta: float, gamma: float, settings: dict[str, float]) -> Hyper:
+def hyper(epsilon: float, nbeta: float, gamma: float, settings: dict[str, float], burn_in: int = 0) -> Hyper:
     return Hyper(epsilon, nbeta, gamma)
 
 
