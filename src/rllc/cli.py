@@ -210,7 +210,7 @@ def cmd_llc(args: argparse.Namespace) -> None:
     print(f"λ̂ = {res.mean:.3f} ± {res.std:.3f}  (run {run.path.name}, step {step}, component "
           f"{res.component or 'all'}, data {args.data})")
     print(f"per chain: {', '.join(f'{x:.3f}' for x in res.per_chain)};  L_n(w*) = {res.init_loss:.4f}")
-    kernel = c.sampler + "".join(f" {k}={v:g}" for k, v in c.settings().items())
+    kernel = c.sampler + "".join(f" {k}={v}" if isinstance(v, str) else f" {k}={v:g}" for k, v in c.settings().items())
     print(f"{kernel} ε={c.epsilon:g} nβ={c.nbeta:g} γ={c.gamma:g} chains={c.chains} draws={c.draws} "
           f"burn-in={c.burn_in} batch={c.batch_size} seed={c.seed}")
     d = res.diagnostics
