@@ -51,6 +51,9 @@ def test_one_parser_canonical_names_and_errors():
     assert head_index("1:2") == (1, 2)
     with pytest.raises(RllcError, match="unknown component 'head7'"):
         Component.parse("head7")
+    for bad in ("0:0+", "+0:0", "0:0++0:1", "1:2,0:0+"):  # an empty part of a union, wherever it is named
+        with pytest.raises(RllcError, match="has an empty part"):
+            Component.parse(bad)
     with pytest.raises(RllcError, match="heads 0..3"):
         component_masks(tiny_gpt2(), "1:4")
     with pytest.raises(RllcError, match="rotary"):

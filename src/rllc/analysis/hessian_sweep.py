@@ -151,7 +151,7 @@ def trace_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Ta
     tokens, loss_fn = ctx.data(trace.n_samples, seed=task.settings["sample_seed"], split=task.settings["split"])
     rows = []
     for c in task.components:
-        r = hessian_trace(ctx.model, tokens, component=c.split("+"), loss_fn=loss_fn, config=trace,
+        r = hessian_trace(ctx.model, tokens, component=c, loss_fn=loss_fn, config=trace,
                           progress=ctx.counter(trace.n_probes))
         rows.append(ResultRow(task.step, c, task.data, "hessian_trace", task.config_hash, r.estimate, r.std_error,
                               True, {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes)}))
@@ -164,7 +164,7 @@ def rank_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Tas
     tokens, loss_fn = ctx.data(rank.n_samples, seed=task.settings["sample_seed"], split=task.settings["split"])
     rows = []
     for c in task.components:
-        r = hessian_rank(ctx.model, tokens, component=c.split("+"), loss_fn=loss_fn, config=rank,
+        r = hessian_rank(ctx.model, tokens, component=c, loss_fn=loss_fn, config=rank,
                          progress=ctx.counter(rank.n_probes))
         extra = {"dim": r.dim, "threshold": r.threshold, "range": list(r.range), "degree": r.degree,
                  "probes": list(r.probes), "extremes": None if r.extremes is None else list(r.extremes),
@@ -186,7 +186,7 @@ def fim_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001 - (TaskContext, Task
     first = None if reused else _first_tokens(run, fim.n_samples, fim.seed)
     rows = []
     for c in task.components:
-        r = fim_trace(ctx.model, component=c.split("+"), config=fim, samples=reused, first_tokens=first,
+        r = fim_trace(ctx.model, component=c, config=fim, samples=reused, first_tokens=first,
                       progress=ctx.counter(fim.n_probes))
         rows.append(ResultRow(task.step, c, task.data, "fim_trace", task.config_hash, r.estimate, r.std_error, True,
                               {"dim": r.dim, "n_samples": r.n_samples, "probes": list(r.probes), "ess": r.ess}))

@@ -80,6 +80,10 @@ class Component:
             comp = spec
         else:
             texts = [spec] if isinstance(spec, str) else list(spec)
+            for union in (u for t in texts for u in str(t).split(",") if "+" in u):
+                if any(not x.strip() for x in union.split("+")):
+                    raise RllcError(f"component {union.strip()!r} has an empty part; write a union as a+b "
+                                    "(e.g. 0:0+0:1)")
             pieces = [p for t in texts for p in re.split(r"[+,]", str(t)) if p.strip()]
             if not pieces:
                 raise RllcError("empty component name; try '1:6', 'layer:0', 'embed', 'unembed', 'ln' or 'all'")

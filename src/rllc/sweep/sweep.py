@@ -85,8 +85,6 @@ def expand_components(spec: str | Sequence[str], model_cfg) -> list[str]:  # noq
         raise RllcError("no components given; try --components heads,all")
     out: list[str] = []
     for p in parts:
-        if any(not x.strip() for x in p.split("+")):
-            raise RllcError(f"component {p!r} has an empty part; write a union as a+b (e.g. 0:0+0:1)")
         for name in (heads(model_cfg) if p == "heads" else [p]):
             name = Component.parse(name, model_cfg).name  # raises RllcError for unknown names
             if name not in out:
