@@ -550,3 +550,77 @@ def test_rmsprop_kernel_is_devinterps_rmsprop_sgld():
         xi = torch.normal(0.0, 1.0, size=(6,), generator=torch.Generator().manual_seed(100 + t))
         state, _ = k.step(state, grad[None], xi[None], w0, None, h)
         torch.testing.assert_close(state.position[0], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batched", [False, "stacked", "auto"])
+def test_chains_split_over_threads_are_the_same_chains(batched):
+    # On CPU the chains run split over torch.get_num_threads() threads (driver.run_chains_on_threads); each group
+    # keys its streams by the chain's own index, so 1 thread and 2 threads walk the same chains (3 chains: uneven
+    # groups), for the autograd, stacked and per-head strategies, with burn-in and paired differences.
+    model = _perturbed_transformer()
+    tokens = torch.randint(0, 37, (48, 12), generator=torch.Generator().manual_seed(7))
+    comps = ["1:0", None, "0:2"] if batched == "auto" else [None, "0:2"]
+    kw = dict(chains=3, draws=5, burn_in=2, batch_size=4, seed=5, init_batches=2, paired=True, batched=batched)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = estimate_llc_many(model, tokens, comps, **kw)
+        torch.set_num_threads(2)
+        two = estimate_llc_many(model, tokens, comps, **kw)
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b.loss_trace, a.loss_trace, rtol=0, atol=2e-5)
+        assert b.diagnostics.diverged_at == a.diagnostics.diverged_at
+        assert np.isfinite(a.loss_trace).all()
+
+
+def test_a_failing_chain_thread_raises_its_own_error():
+    # An error inside one chain group's thread stops the others and surfaces as itself.
+    model = _perturbed_transformer()
+    tokens = torch.randint(0, 37, (48, 12), generator=torch.Generator().manual_seed(7))
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        if len(calls) > 12:
+            raise ValueError("boom in a chain")
+        return next_token_loss(m, batch)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="boom in a chain"):
+            estimate_llc(model, tokens, loss_fn=loss_fn, chains=2, draws=50, batch_size=4, init_batches=1,
+                         batched=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_runs_the_full_model_of_an_rllc_transformer_stacked():
+    # "auto": tiny models vmap (overhead-bound), an rllc Transformer above the size rule the stacked strategy
+    # (fused closed-form cross-entropy; the fastest full-model strategy in benchmarks/bench_llc.py), single heads
+    # the per-head strategy; on CPU all but vmap split their chains over the threads.
+    from rllc.llc._data import BatchSource
+    from rllc.llc.estimator import _plan
+    from rllc.llc.heads import HeadStrategy
+    from rllc.llc.layout import Layout
+    from rllc.llc.stacked import StackedStrategy
+    from rllc.llc.strategies import VmapStrategy
+    from rllc.model import ModelConfig, Transformer
+
+    cfg = SamplerConfig(batch_size=32)
+    big = Transformer(ModelConfig(n_layers=2, n_heads=4, d_model=64, d_head=16, n_ctx=16, d_vocab=1024), seed=0)
+    small = _perturbed_transformer()
+    for model, want in ((big, StackedStrategy), (small, VmapStrategy)):
+        tokens = torch.randint(0, model.cfg.d_vocab, (40, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+        source = BatchSource(tokens, "cpu")
+        masks = [None, model.component("1:0").masks(model)]
+        groups = _plan(model, next_token_loss, source, masks, [Layout(model, m) for m in masks], cfg, "auto",
+                       torch.device("cpu"))
+        kinds = {tuple(idx): (make.func, threads) for idx, make, threads in groups}
+        assert kinds[(1,)] == (HeadStrategy, torch.get_num_threads())
+        assert kinds[(0,)][0] is want
+        assert kinds[(0,)][1] == (1 if want is VmapStrategy else torch.get_num_threads())

@@ -12,6 +12,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from rllc._errors import RllcError
 from rllc.llc._data import BatchSource
 from rllc.llc.config import SamplerConfig
 from rllc.llc.diagnostics import Diagnostics, _num, diagnose
-from rllc.llc.driver import Run, _Observer, run_chains
+from rllc.llc.driver import Run, _Observer, run_chains_on_threads
 from rllc.llc.heads import HeadStrategy, head_of, supported
 from rllc.llc.kernels import get_kernel
 from rllc.llc.layout import Layout, component_key
@@ -188,26 +189,37 @@ def _prefer_batched(model: nn.Module, cfg: SamplerConfig) -> bool:
 
 
 def _plan(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: list[Masks], layouts: list[Layout],
-          cfg: SamplerConfig, batched: bool | str, device: torch.device) -> list[tuple[list[int], Any]]:
-    """Which gradient strategy runs which components: [(component indices, strategy)]."""
+          cfg: SamplerConfig, batched: bool | str, device: torch.device) -> list[tuple[list[int], Any, int]]:
+    """Which gradient strategy runs which components: [(component indices, strategy factory, threads)].
+
+    "auto": single heads of an rllc Transformer take the per-head strategy (heads.py); the rest vmap when the
+    model is tiny (``_prefer_batched``), else the stacked strategy where it applies (rllc Transformer, next-token
+    loss: its fused closed-form cross-entropy makes it the fastest full-model strategy measured,
+    benchmarks/bench_llc.py), else plain autograd. On CPU every strategy but vmap (overhead-bound on the tiny
+    models it is picked for) runs its chains split over ``torch.get_num_threads()`` threads
+    (``run_chains_on_threads``): the same chains, on every core.
+    """
     if batched not in (True, False, "auto", "stacked"):
         raise RllcError(f"batched must be True, False, 'auto' or 'stacked', got {batched!r}")
     if batched == "stacked" and not stacked_supported(model, loss_fn, source):
         raise RllcError("batched='stacked' needs an rllc Transformer without hooks, token data in a tensor and the "
                         "next-token loss; use True, False or 'auto'")
-    groups: list[tuple[list[int], Any]] = []
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    groups: list[tuple[list[int], Any, int]] = []
     rest = list(range(len(masks_list)))
     if batched == "auto":
-        # Single heads of an rllc Transformer take the per-head strategy (heads.py); the rest the size rule.
         found = [head_of(model, m) for m in masks_list] if supported(model, loss_fn, source) else []
         idx = [i for i, h in enumerate(found) if h is not None]
         if idx:
-            groups.append((idx, HeadStrategy(model, loss_fn, source, [found[i] for i in idx], device)))
+            groups.append((idx, partial(HeadStrategy, model, loss_fn, source, [found[i] for i in idx], device),
+                           threads))
         rest = [i for i in rest if i not in idx]
-        batched = _prefer_batched(model, cfg)
+        batched = True if _prefer_batched(model, cfg) else \
+            "stacked" if stacked_supported(model, loss_fn, source) else False
     if rest:
         make = StackedStrategy if batched == "stacked" else VmapStrategy if batched else AutogradStrategy
-        groups.append((rest, make(model, loss_fn, source, [layouts[i] for i in rest], device)))
+        groups.append((rest, partial(make, model, loss_fn, source, [layouts[i] for i in rest], device),
+                       1 if make is VmapStrategy else threads))
     return groups
 
 
@@ -247,11 +259,12 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     bar = _progress(cfg.draws * len(groups), progress, f"SGLD ({cfg.sampler}, {_count(len(components), 'component')})")
     runs: list[Run | None] = [None] * len(components)
     try:
-        for idx, strategy in groups:
+        for idx, make_strategy, threads in groups:
             observer = None if observe is None else _Observer(model, observe, [layouts[i] for i in idx], source,
                                                               cfg.chains, device)
-            done = run_chains(strategy, kernel, cfg, [layouts[i] for i in idx], [anchors[i] for i in idx],
-                              [identities[i] for i in idx], source, data_key, init, bar, observer)
+            done = run_chains_on_threads(make_strategy, threads, kernel, cfg, [layouts[i] for i in idx],
+                                         [anchors[i] for i in idx], [identities[i] for i in idx], source, data_key,
+                                         init, bar, observer)
             for i, r in zip(idx, done):
                 runs[i] = r
     finally:
@@ -300,10 +313,12 @@ def estimate_llc(
             at once with ``torch.func.vmap``; False: chains one after another with plain autograd, differentiating
             only the moving parameters (the reference); "auto" (default): single attention heads of an rllc
             Transformer with the next-token or soft-target loss on the per-head strategy (``rllc.llc.heads``:
-            one shared w* forward), the rest vmap for small models (parameters × batch_size ≤ 2e6) and autograd
-            otherwise — the fastest, as measured in benchmarks/bench_llc.py. "stacked": rllc Transformers with the
-            next-token loss, every component × chain on one leading weight dimension (batched GEMMs,
-            ``rllc.llc.stacked``).
+            one shared w* forward), the rest vmap for small models (parameters × batch_size ≤ 2e6), "stacked" for
+            rllc Transformers with the next-token loss, autograd otherwise — the fastest, as measured in
+            benchmarks/bench_llc.py. "stacked": rllc Transformers with the next-token loss, every component × chain
+            on one leading weight dimension (batched GEMMs and a fused closed-form cross-entropy,
+            ``rllc.llc.stacked``). On CPU every strategy but vmap splits the chains over
+            ``torch.get_num_threads()`` threads, one intra-op thread each (set it with ``torch.set_num_threads``).
         device: where the sampling runs.
         progress: True shows a tqdm bar over draws; a callable is called as ``progress(draws_done, draws_total)``
             after every recorded draw (draws summed over everything the call samples), e.g. for an ETA.

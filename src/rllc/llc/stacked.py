@@ -5,9 +5,10 @@ batch), not ``vmap``.
 The forward is the Transformer's own maths written for weights of shape (N, *shape), N = components × chains:
 F.embedding into the N vocabularies laid end to end, LayerNorm with per-chain affine weights, per-head projections
 as one (N, B·T, D) @ (N, D, H·E) product, the fused causal attention over N·B sequences, and the unembedding
-(N, B·T, D) @ (N, D, V). The chains are independent, so the gradient of the sum of their mean losses is each
-chain's gradient. Frozen tensors are broadcast (expanded, not copied). Used for the next-token loss on rllc
-Transformers with no hooks attached; tests check it walks the reference strategy's chains.
+(N, B·T, D) @ (N, D, V) fused with the cross-entropy (``_LinearCrossEntropy``: its gradient in closed form,
+computed in the forward one chain at a time). The chains are independent, so the gradient of the sum of their mean
+losses is each chain's gradient. Frozen tensors are broadcast (expanded, not copied). Used for the next-token loss
+on rllc Transformers with no hooks attached; tests check it walks the reference strategy's chains.
 """
 
 from __future__ import annotations
@@ -37,6 +38,55 @@ def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.
     return F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape) + b.view(shape)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy of each chain's logits h[n] W[n] + b[n], with its gradient in closed form.
+
+    d(mean CE)/d logits = (softmax − onehot(target)) / rows, so the forward computes it at once, one chain at a
+    time, in the logits' own buffer: one matmul writing the logits, max, exp in place, sum, scale in place, then
+    the products for dh, dW and db — against autograd's log_softmax + nll_loss, which add a V-sized output, a
+    zero-filled V-sized gradient and two more V-sized passes in the backward. One chain's (rows, V) logits (8 MiB
+    at the cpu preset's batch 32) stays under glibc's mmap ceiling (rllc/_alloc.py), where the (N, rows, V) stack
+    does not. Measured in benchmarks/bench_llc.py (see docs/llc.md, *Speed*).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # h (N, rows, D), W (N, D, V) (may be an expanded view), b (N, V), targets (N, rows) long -> losses (N,)
+        N, rows, D = h.shape
+        need_h, need_W, need_b = ctx.needs_input_grad[:3]
+        losses = torch.empty(N, dtype=h.dtype, device=h.device)
+        dh = torch.empty_like(h) if need_h else None
+        dW = torch.empty(N, D, W.shape[-1], dtype=h.dtype, device=h.device) if need_W else None
+        db = torch.empty(N, W.shape[-1], dtype=h.dtype, device=h.device) if need_b else None
+        at = torch.arange(rows, device=h.device)
+        for n in range(N):
+            logits = torch.addmm(b[n], h[n], W[n])  # (rows, V)
+            picked = logits[at, targets[n]]  # (rows,)
+            top = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # unnormalised softmax, in place
+            total = probs.sum(dim=1)
+            losses[n] = (top.squeeze(1) + total.log() - picked).mean()  # logsumexp − target logit
+            probs.mul_((1.0 / (total * rows))[:, None])
+            probs[at, targets[n]] -= 1.0 / rows  # d(mean CE)/d logits
+            if need_h:
+                torch.mm(probs, W[n].T, out=dh[n])
+            if need_W:
+                torch.mm(h[n].T, probs, out=dW[n])
+            if need_b:
+                torch.sum(probs, dim=0, out=db[n])
+        ctx.save_for_backward(*(t for t in (dh, dW, db) if t is not None))
+        ctx.have = (need_h, need_W, need_b)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN205
+        saved = iter(ctx.saved_tensors)
+        out = [next(saved) if have else None for have in ctx.have]
+        dh, dW, db = out
+        return (None if dh is None else dh * grad[:, None, None], None if dW is None else dW * grad[:, None, None],
+                None if db is None else db * grad[:, None], None)
+
+
 def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     """Mean next-token cross-entropy of N weight sets p[name] (N, *shape) on their token batches (N, B, T): (N,)."""
     N, B, T = tokens.shape
@@ -61,10 +111,12 @@ def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch
         out = torch.baddbmm(p[a + "b_O"].view(N, 1, D), z, p[a + "W_O"].reshape(N, H * E, D))  # (N, B·T, D)
         resid = resid + out.view(N, B, T, D)
     h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
-    logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
     targets = tokens[:, :, 1:].reshape(N, B * (T - 1))
-    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
-    return nll.view(N, -1).mean(1)
+    if not torch.is_grad_enabled():
+        logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
+        nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+        return nll.view(N, -1).mean(1)
+    return _LinearCrossEntropy.apply(h, p["unembed.W_U"], p["unembed.b_U"], targets)  # (N,)
 
 
 class StackedStrategy:

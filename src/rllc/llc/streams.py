@@ -39,6 +39,10 @@ def stream_generator(seed: int, data_key: str, kind: str, *keys: int | str) -> t
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def _ids(chains: int | Sequence[int]) -> list[int]:
+    return list(range(chains)) if isinstance(chains, int) else [int(c) for c in chains]
+
+
 def block_steps(width: int) -> int:
     """Steps per draw block for a stream of ``width`` numbers per step (a function of the width only)."""
     return max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(1, width)))
@@ -50,16 +54,16 @@ class NoiseStream:
     Args:
         seed, data_key: the estimate's seed and data-set key.
         identity: the component's canonical name (``component_key``).
-        chains: C.
+        chains: C (chains 0 … C−1), or the chain indices themselves (a subset runs the same chains).
         width: numbers per chain per step (the component's moving coordinates).
         dtype: the noise dtype.
     """
 
-    def __init__(self, seed: int, data_key: str, identity: str, chains: int, width: int,
+    def __init__(self, seed: int, data_key: str, identity: str, chains: int | Sequence[int], width: int,
                  dtype: torch.dtype = torch.float32) -> None:
-        self.gens = [stream_generator(seed, data_key, "noise", identity, c) for c in range(chains)]
+        self.gens = [stream_generator(seed, data_key, "noise", identity, c) for c in _ids(chains)]
         self.width, self.dtype, self.k = width, dtype, block_steps(width)
-        self.buf = torch.empty(chains, self.k, width, dtype=dtype)
+        self.buf = torch.empty(len(self.gens), self.k, width, dtype=dtype)
         self.row = self.k
 
     def next(self) -> torch.Tensor:
@@ -72,12 +76,13 @@ class NoiseStream:
 
 
 class BatchStream:
-    """Minibatch indices for C chains: ``next()`` gives (C, batch_size) uniform draws with replacement from n."""
+    """Minibatch indices for C chains: ``next()`` gives (C, batch_size) uniform draws with replacement from n.
+    ``chains``: C, or the chain indices (as for ``NoiseStream``)."""
 
-    def __init__(self, seed: int, data_key: str, chains: int, n: int, batch_size: int) -> None:
-        self.gens = [stream_generator(seed, data_key, "batch", c) for c in range(chains)]
+    def __init__(self, seed: int, data_key: str, chains: int | Sequence[int], n: int, batch_size: int) -> None:
+        self.gens = [stream_generator(seed, data_key, "batch", c) for c in _ids(chains)]
         self.n, self.b, self.k = n, batch_size, block_steps(batch_size)
-        self.buf = torch.empty(chains, self.k, batch_size, dtype=torch.long)
+        self.buf = torch.empty(len(self.gens), self.k, batch_size, dtype=torch.long)
         self.row = self.k
 
     def next(self) -> torch.Tensor:
@@ -94,7 +99,7 @@ def init_indices(seed: int, data_key: str, n: int, batches: int, batch_size: int
     return torch.randint(n, (batches, batch_size), generator=stream_generator(seed, data_key, "init"))
 
 
-def noise_streams(seed: int, data_key: str, identities: Sequence[str], chains: int, widths: Sequence[int],
+def noise_streams(seed: int, data_key: str, identities: Sequence[str], chains: int | Sequence[int], widths: Sequence[int],
                   dtype: torch.dtype = torch.float32) -> list[NoiseStream]:
     """One ``NoiseStream`` per component."""
     return [NoiseStream(seed, data_key, i, chains, w, dtype) for i, w in zip(identities, widths)]
