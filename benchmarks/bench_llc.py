@@ -1,10 +1,15 @@
 """One table of LLC-engine speed and memory figures, every figure measured side by side in one run.
 
 Run: python benchmarks/bench_llc.py [--draws N] [--reps R] [--run RUN_DIR]   (a few minutes on 1–2 CPU cores)
+     python benchmarks/bench_llc.py --paper 100 --reps 1 --threads 2 --run RUN_DIR   (issue 11's table: the three
+         ratios against devinterp 1.3.2 with their targets, each speed approach's own row, GFLOP/s and fraction of
+         the fp32 peak, the load before and after; ~5 minutes on an idle 2-core machine)
+     python benchmarks/bench_llc.py --device cuda --draws 20 --reps 3   (the GPU table, where a GPU is available)
 Model: the rllc `cpu` preset (2 layers × 4 heads, d_model 64, n_ctx 64, vocab 1024) — at initialisation on random
 token windows, or the last checkpoint of RUN_DIR on its pre-training data. Timed variants are interleaved within
 each repetition and the median over repetitions is reported, so machine contention hits both sides of every ratio
-alike. One intra-op thread unless --threads says otherwise.
+alike. One intra-op thread unless --threads says otherwise (rllc splits its chains over that many threads;
+devinterp gets them as intra-op threads).
 """
 
 from __future__ import annotations
@@ -104,26 +109,59 @@ def _se_to_target(mean: float, se_chains: float, draws: int, se_fixed: float = 0
     return float("inf") if room <= 0 else draws * se_chains**2 / room
 
 
+def _one_thread_group():  # noqa: ANN202
+    """A context in which the estimator runs its chains on the calling thread only (no split over threads): the
+    engine before chains were split, to show what the split buys."""
+    import contextlib
+
+    import rllc.llc.estimator as est
+
+    @contextlib.contextmanager
+    def ctx():  # noqa: ANN202
+        orig = est.run_chains_on_threads
+        est.run_chains_on_threads = lambda make, workers, *a, **k: orig(make, 1, *a, **k)
+        try:
+            yield
+        finally:
+            est.run_chains_on_threads = orig
+
+    return ctx()
+
+
+def _load() -> str:
+    import os
+
+    try:
+        return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "load average unknown"
+
+
 def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> None:  # noqa: ANN001
     """The three ratios of issue 11 at the paper's sampler (4 chains, batch 32): full model, all heads, time to
-    precision; plus achieved GFLOP/s."""
-    import math
-
+    precision; each approach's own row (fused cross-entropy alone, the thread split alone); achieved GFLOP/s."""
     kw = dict(chains=4, draws=draws)
     t: dict[str, list[float]] = {}
     res: dict[str, object] = {}
 
-    def add(key, fn):  # noqa: ANN001, ANN202
-        dt, out = _timed(fn)
+    def add(key, fn, single=False):  # noqa: ANN001, ANN202
+        if single:
+            with _one_thread_group():
+                dt, out = _timed(fn)
+        else:
+            dt, out = _timed(fn)
         t.setdefault(key, []).append(dt)
         res[key] = out
 
+    print(f"before: {_load()}")
     for rep in range(reps):
-        add("ours", lambda: estimate_llc(model, tokens, **kw))  # the default call: paper sampler, L_n(w*) 16 batches
-        add("stacked", lambda: estimate_llc(model, tokens, batched="stacked", **kw))
+        add("ours", lambda: estimate_llc(model, tokens, **kw))  # the default call: auto, L_n(w*) from 16 batches
         add("dev", lambda: _devinterp(model, tokens, draws, None))  # devinterp's default call (its own L_n(w*))
+        add("stacked1", lambda: estimate_llc(model, tokens, batched="stacked", **kw), single=True)
+        add("autograd1", lambda: estimate_llc(model, tokens, batched=False, **kw), single=True)
         if rep == 0:
             add("heads", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
+            add("heads1", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw), single=True)
             params = dict(model.named_parameters())
             dev = []
             for h in names:
@@ -133,25 +171,36 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
                 dev.append(out)
                 t.setdefault("dev_heads", [0.0])[0] += dt
             res["dev_heads"] = dev
+    after = _load()
     med = {k: statistics.median(v) for k, v in t.items()}
     flops = _draw_flops(model.cfg, HP["batch_size"]) * 4 * draws
     peak, how = _peak_gflops(threads)
+    print(f"after: {after}")
     print(f"\npaper sampler: 4 chains × {draws} draws, batch 32, {reps} interleaved repetitions (median), "
           f"{threads} thread(s); peak = {how}")
     print("| figure | rllc | devinterp 1.3.2 | ratio | target |")
     print("|---|---|---|---|---|")
+
+    def ratio_row(label, key):  # noqa: ANN001, ANN202
+        r = med[key] / med["dev"]
+        return f"| {label} | {med[key]:.2f} s | {med['dev']:.2f} s | {r:.2f} |"
+
     r = med["ours"] / med["dev"]
-    print(f"| full-model estimate, default calls (ours: autograd strategy) | {med['ours']:.2f} s | {med['dev']:.2f} s | "
-          f"{r:.2f} | ≤ 0.5 {'met' if r <= 0.5 else 'not met'} |")
-    r2 = med["stacked"] / med["dev"]
-    print(f"| the same, batched='stacked' (chains as batched GEMMs) | {med['stacked']:.2f} s | {med['dev']:.2f} s | "
-          f"{r2:.2f} | ≤ 0.5 {'met' if r2 <= 0.5 else 'not met'} |")
-    for key in ("ours", "stacked"):
+    print(ratio_row("full-model estimate, default calls (ours: auto = stacked, chains split over the threads)",
+                    "ours") + f" ≤ 0.5 {'met' if r <= 0.5 else 'not met'} |")
+    print(ratio_row("  the same, stacked on one thread group (fused cross-entropy alone)", "stacked1") + " |")
+    print(ratio_row("  the same, plain autograd on one thread group (the engine before this issue's speed work)",
+                    "autograd1") + " |")
+    for key, label in (("ours", "default call"), ("stacked1", "stacked, one thread group"),
+                       ("autograd1", "autograd, one thread group")):
         g = flops / med[key] / 1e9
-        print(f"| achieved GFLOP/s, full-model estimate ({key}) | {g:.1f} | | {g / peak:.1%} of peak | |")
+        print(f"| achieved GFLOP/s, full-model estimate ({label}) | {g:.1f} | | {g / peak:.1%} of peak | |")
     sp = med["dev_heads"] / med["heads"]
-    print(f"| all {len(names)} per-head estimates (ours together, paired) vs devinterp masks head by head | "
-          f"{med['heads']:.2f} s | {med['dev_heads']:.2f} s | {sp:.2f}× faster | ≥ 5× {'met' if sp >= 5 else 'not met'} |")
+    print(f"| all {len(names)} per-head estimates (ours together, paired, default call) vs devinterp masks head by "
+          f"head | {med['heads']:.2f} s | {med['dev_heads']:.2f} s | {sp:.2f}× faster | "
+          f"≥ 5× {'met' if sp >= 5 else 'not met'} |")
+    sp1 = med["dev_heads"] / med["heads1"]
+    print(f"|   the same on one thread group | {med['heads1']:.2f} s | {med['dev_heads']:.2f} s | {sp1:.2f}× faster | |")
     # Time to precision: every head's se ≤ target = max(5% λ̂, 0.05). Ours (paired): se = chain spread / sqrt(C) —
     # paired differences carry no shared L_n(w*) error — so only draws are added. devinterp (unpaired): se² = chain
     # spread² / C + the error of its shared L_n(w*), nβ · sd(batch loss at w*) / sqrt(n_init), which more draws do
@@ -162,7 +211,6 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
         dt_fwd, batch_losses = _timed(lambda: [float(next_token_loss(model, b)) for b in batches])
     sd_init = HP["nbeta"] * statistics.stdev(batch_losses)  # λ units, one batch
     fwd = dt_fwd / len(batches)
-    t_ours = t_dev = 0.0
     need_ours = need_dev = 0.0
     n_init = 0.0
     for a, (m, sd) in zip(res["heads"], res["dev_heads"]):
@@ -179,6 +227,51 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
           f"{t_dev:.1f} s ({need_dev:.0f} draws) | {ratio:.1f}× faster | ≥ 10× {'met' if ratio >= 10 else 'not met'} |")
 
 
+def device_table(device: str, draws: int, reps: int) -> None:
+    """The GPU table of issue 11 on ``device``: the `paper` preset (8 heads × 2 layers, d_model 256, n_ctx 1024,
+    vocab 5000) at initialisation on random tokens, the paper's sampler at batch 32 × 1024 tokens: chain-draws/s of
+    the full model with the chains batched (stacked) vs sequential (autograd), and all 16 heads together (per-head
+    strategy) vs one by one. Interleaved repetitions, median."""
+    model = Transformer(ModelConfig(), seed=0)
+    tokens = torch.randint(0, model.cfg.d_vocab, (256, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    names = heads(model.cfg)
+    kw = dict(chains=4, draws=draws, init_batches=1, device=device)
+
+    def sync():  # noqa: ANN202
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    variants = {
+        "stacked": lambda: estimate_llc(model, tokens, batched="stacked", **kw),
+        "autograd": lambda: estimate_llc(model, tokens, batched=False, **kw),
+        "heads_together": lambda: estimate_llc_many(model, tokens, names, **kw),
+        "heads_each": lambda: [estimate_llc(model, tokens, component=h, **kw) for h in names],
+    }
+    t: dict[str, list[float]] = {k: [] for k in variants}
+    if device.startswith("cuda"):
+        variants["stacked"]()  # warm-up: CUDA context, kernels, the caching allocator
+    for _ in range(reps):
+        for k, fn in variants.items():
+            sync()
+            dt, _ = _timed(lambda: (fn(), sync()))
+            t[k].append(dt)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    print(f"settings: paper preset at initialisation, random tokens, 4 chains × {draws} draws, batch 32 × 1024, "
+          f"{device} ({name}), {reps} interleaved repetitions (median); torch {torch.__version__}; {_load()}")
+    print("| figure | time | chain-draws/s | ratio |")
+    print("|---|---|---|---|")
+    cd = 4 * draws
+    print(f"| full model, chains batched (stacked) | {med['stacked']:.2f} s | {cd / med['stacked']:.1f} | "
+          f"{med['autograd'] / med['stacked']:.2f}× the sequential |")
+    print(f"| full model, chains sequential (autograd) | {med['autograd']:.2f} s | {cd / med['autograd']:.1f} | |")
+    hd = len(names) * cd
+    print(f"| all {len(names)} heads together (per-head strategy) | {med['heads_together']:.2f} s | "
+          f"{hd / med['heads_together']:.1f} head-chain-draws/s | {med['heads_each'] / med['heads_together']:.2f}× "
+          f"one by one |")
+    print(f"| the {len(names)} heads one by one | {med['heads_each']:.2f} s | {hd / med['heads_each']:.1f} | |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=16)
@@ -188,7 +281,11 @@ def main() -> None:
     ap.add_argument("--memory-child", choices=["all", "heads"])
     ap.add_argument("--paper", type=int, metavar="DRAWS",
                     help="only the paper-sampler table (4 chains × DRAWS, batch 32) against devinterp")
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda where one is available (skips cleanly otherwise)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda: the GPU table (paper preset, batch 32 × 1024; --draws, --reps) where a GPU "
+                         "is available (skips cleanly otherwise)")
+    ap.add_argument("--device-table", action="store_true",
+                    help="the GPU table's measurements on --device (cuda implies it; on cpu a slow smoke run)")
     args = ap.parse_args()
     if args.memory_child:
         return _memory_child(args.memory_child)
@@ -196,6 +293,8 @@ def main() -> None:
         print("--device cuda: no CUDA device here; nothing measured")
         return None
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") or args.device_table:
+        return device_table(args.device, args.draws, args.reps)
     D, R = args.draws, args.reps
     model, tokens, what = _model_and_data(args.run)
     names = heads(model.cfg)
