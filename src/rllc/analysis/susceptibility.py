@@ -1,0 +1,215 @@
+"""What susceptibilities say about heads: ground-truth checks and the response matrix (Baker et al. 2025).
+
+Pure functions of arrays and tidy frames; the estimates themselves come from `rllc.susceptibilities` (one
+checkpoint) or the pipeline's "susceptibility" measure (over training, `rllc susceptibility`), whose store rows
+are `susceptibility:PROBE` (value: the probe's mean per-token χ, std: its standard error over chains) and
+`contribution:PROBE` (the mean per-token LLC contribution, i.e. the data-refined λ̂ on that probe).
+
+- Ground truth (`token_auc`, `head_aucs`): the synthetic corpus labels every position with the `Pattern` bits that
+  explain its next-token prediction (`labels[t]` flags the prediction made at t, the same alignment as the
+  per-token loss). A head that implements a pattern should respond most to the positions that pattern predicts,
+  so ranking positions by the head's per-token score and asking how well the ranking separates labelled positions
+  from the rest is a check with a known answer: ROC AUC 1 is a perfect ranking, 0.5 none.
+  The ranking score is −χ by default: with χ_i = −Cov(φ, ℓ_i − L), a token whose loss rises together with the
+  head's loss shift φ (the tokens the head helps predict) has χ_i < 0.
+- Response matrix (`response_matrices`, `response_svd`, `cluster_by_response`): heads × probe sets of mean
+  susceptibilities at each checkpoint; its leading singular vectors over training place heads, and clustering
+  them is compared with the behavioural head types by the adjusted Rand index (`type_agreement`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rllc._errors import RllcError
+from rllc.data.synthetic import Pattern
+
+SUSCEPTIBILITY = "susceptibility:"
+CONTRIBUTION = "contribution:"
+
+# The positions whose prediction a head type implements, as Pattern bits. A previous-token head is the first half
+# of the induction circuit (its output at the token after an earlier occurrence is what the induction head's key
+# reads, K-composition), so on the synthetic corpus its pattern is the induction one too; the current-token and
+# multigram types have no synthetic family of their own in a model trained on the cpu preset's mixture.
+TYPE_PATTERNS: dict[str, int] = {
+    "induction": int(Pattern.INDUCTION | Pattern.REPEAT),
+    "previous-token": int(Pattern.INDUCTION | Pattern.REPEAT),
+}
+
+
+def _sklearn_metrics() -> Any:
+    try:
+        import sklearn.metrics
+    except ImportError:
+        raise RllcError('this analysis needs scikit-learn: pip install "rllc[cluster]"') from None
+    return sklearn.metrics
+
+
+def _aligned(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) flattened over the positions both have; per-token arrays of T = n_ctx − 1 predictions
+    line up with the first T labels (the last label, of no prediction, is always 0)."""
+    s, lab = np.asarray(scores, dtype=float), np.asarray(labels)
+    if s.ndim != 2 or lab.ndim != 2 or s.shape[0] != lab.shape[0] or s.shape[1] > lab.shape[1]:
+        raise RllcError(f"per-token scores of shape {s.shape} do not match labels of shape {lab.shape}; "
+                        "pass the probe's (n_seq, T) scores with its (n_seq, n_ctx) labels")
+    lab = lab[:, : s.shape[1]]
+    keep = np.isfinite(s)
+    return s[keep], lab[keep]
+
+
+def token_auc(scores: np.ndarray, labels: np.ndarray, pattern: int, *, sign: float = -1.0) -> float:
+    """ROC AUC of ranking positions by `sign × scores` against the positions labelled with any bit of `pattern`.
+
+    Args:
+        scores: (n_seq, T) per-token values (χ, contributions); NaN positions are left out.
+        labels: (n_seq, ≥ T) int Pattern bits of the same sequences (`SyntheticBatch.labels`).
+        pattern: Pattern bits (e.g. `Pattern.INDUCTION | Pattern.REPEAT`).
+        sign: −1 ranks the most negative values first (the default for χ), +1 the largest.
+
+    Returns:
+        The AUC in [0, 1] (`sklearn.metrics.roc_auc_score`).
+    """
+    s, lab = _aligned(scores, labels)
+    pos = (lab & int(pattern)) != 0
+    if pos.all() or not pos.any():
+        raise RllcError(f"the probe has {'only' if pos.any() else 'no'} positions labelled {Pattern(pattern)!r}; "
+                        "an AUC needs both (use a labelled synthetic probe such as synthetic.induction)")
+    return float(_sklearn_metrics().roc_auc_score(pos, sign * s))
+
+
+def head_aucs(per_token: Mapping[str, np.ndarray], labels: np.ndarray, patterns: Mapping[str, int], *,
+              sign: float = -1.0) -> pd.DataFrame:
+    """`token_auc` of each head with a pattern.
+
+    Args:
+        per_token: component -> (n_seq, T) per-token values on one labelled probe.
+        labels: (n_seq, n_ctx) Pattern bits of that probe.
+        patterns: component -> Pattern bits it is expected to respond to (e.g. from `type_patterns`); heads
+            without one are skipped.
+
+    Returns:
+        One row per head: component, pattern (its name), auc, positives, negatives.
+    """
+    rows = []
+    for comp, pattern in patterns.items():
+        if comp not in per_token:
+            continue
+        s, lab = _aligned(per_token[comp], labels)
+        pos = (lab & int(pattern)) != 0
+        rows.append({"component": comp, "pattern": str(Pattern(pattern).name or int(pattern)),
+                     "auc": token_auc(per_token[comp], labels, pattern, sign=sign),
+                     "positives": int(pos.sum()), "negatives": int((~pos).sum())})
+    return pd.DataFrame(rows, columns=["component", "pattern", "auc", "positives", "negatives"])
+
+
+def type_patterns(types: Mapping[str, str]) -> dict[str, int]:
+    """component -> Pattern bits for the heads whose behavioural type has one (`TYPE_PATTERNS`)."""
+    return {c: TYPE_PATTERNS[t] for c, t in types.items() if t in TYPE_PATTERNS}
+
+
+# ------------------------------------------------------------------------------------------------ response matrix
+
+
+def response_matrices(results: pd.DataFrame, *, measure: str = SUSCEPTIBILITY,
+                      components: Sequence[str] | None = None) -> dict[int, pd.DataFrame]:
+    """The response matrix at every checkpoint from store rows.
+
+    Args:
+        results: rows as `rllc.load_results` returns them (columns step, component, measure, value, ...), of one
+            sampling data set and one settings hash.
+        measure: the measure prefix ("susceptibility:" or "contribution:").
+        components: the rows (default: every component, heads in layer, head order).
+
+    Returns:
+        step -> DataFrame (components × probes) of values; steps where some entry is missing are left out.
+    """
+    d = results[results.measure.str.startswith(measure)]
+    if d.empty:
+        return {}
+    d = d.assign(probe=d.measure.str.slice(len(measure)))
+    if d.duplicated(["step", "component", "probe"]).any():
+        raise RllcError("the rows hold several data sets or settings for one (step, component, probe); "
+                        "select one data set and one config hash first")
+    comps = list(components) if components is not None else sorted(d.component.unique(), key=_component_order)
+    probes = list(dict.fromkeys(d.probe))
+    out = {}
+    for step, g in d.groupby("step"):
+        m = g.pivot(index="component", columns="probe", values="value").reindex(index=comps, columns=probes)
+        if m.notna().all().all():
+            out[int(step)] = m
+    return out
+
+
+def _component_order(c: str) -> tuple:
+    parts = c.split(":")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return (0, int(parts[0]), int(parts[1]))
+    return (1, c)
+
+
+def response_svd(matrix: np.ndarray, *, center: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Singular value decomposition of a response matrix.
+
+    Args:
+        matrix: (H, P) heads × probes (or heads × (checkpoints·probes) for the matrix over training).
+        center: subtract each column's mean over heads first (what separates heads, not what they share).
+
+    Returns:
+        (U (H, r), S (r,), Vt (r, P)) with S descending, r = min(H, P).
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or not np.isfinite(m).all():
+        raise RllcError(f"a response matrix must be a finite 2-d array, got shape {m.shape}")
+    if center:
+        m = m - m.mean(axis=0, keepdims=True)
+    return np.linalg.svd(m, full_matrices=False)
+
+
+def over_training(matrices: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """The response matrices of several checkpoints side by side: heads × (step, probe), each checkpoint's
+    block scaled to unit Frobenius norm so late checkpoints (larger χ) do not drown early ones."""
+    if not matrices:
+        raise RllcError("no response matrix to combine")
+    blocks = []
+    for step, m in sorted(matrices.items()):
+        norm = float(np.linalg.norm(m.to_numpy()))
+        blocks.append((m / norm if norm > 0 else m).set_axis(pd.MultiIndex.from_product([[step], m.columns]),
+                                                             axis=1))
+    return pd.concat(blocks, axis=1)
+
+
+def cluster_by_response(matrix: pd.DataFrame | np.ndarray, k: int, *, n_vectors: int = 2,
+                        seed: int = 0) -> np.ndarray:
+    """Cluster heads by their coordinates on the leading singular vectors of a response matrix.
+
+    Args:
+        matrix: (H, P) response matrix (e.g. `over_training(...)`), rows the heads.
+        k: the number of clusters.
+        n_vectors: leading left singular vectors used (scaled by their singular values).
+        seed: k-means seed.
+
+    Returns:
+        (H,) integer cluster labels (k-means, scikit-learn, 20 restarts).
+    """
+    m = np.asarray(matrix, dtype=float)
+    if not 1 <= k <= m.shape[0]:
+        raise RllcError(f"cannot make {k} clusters of {m.shape[0]} heads")
+    u, s, _ = response_svd(m)
+    r = max(1, min(n_vectors, len(s)))
+    coords = u[:, :r] * s[:r]
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        raise RllcError('clustering needs scikit-learn: pip install "rllc[cluster]"') from None
+    return KMeans(n_clusters=k, n_init=20, random_state=seed).fit_predict(coords)
+
+
+def type_agreement(clusters: Sequence[int], types: Sequence[str]) -> float:
+    """Adjusted Rand index between cluster labels and behavioural head types (1: the same partition, ≈ 0: chance)."""
+    if len(clusters) != len(types):
+        raise RllcError(f"{len(clusters)} cluster labels for {len(types)} head types")
+    return float(_sklearn_metrics().adjusted_rand_score(list(types), list(clusters)))

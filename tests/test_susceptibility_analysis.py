@@ -1,0 +1,103 @@
+"""The susceptibility analyses (rllc.analysis.susceptibility) on hand-made arrays with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllc._errors import RllcError
+from rllc.analysis.susceptibility import (
+    cluster_by_response, head_aucs, over_training, response_matrices, response_svd, token_auc, type_agreement,
+    type_patterns,
+)
+from rllc.data.synthetic import Pattern
+
+pytest.importorskip("sklearn")
+
+IND = int(Pattern.INDUCTION | Pattern.REPEAT)
+
+
+def _labels() -> np.ndarray:
+    lab = np.zeros((2, 5), dtype=np.int32)  # (n_seq, n_ctx); the last column is never labelled
+    lab[0, 1:3] = IND
+    lab[1, 0] = int(Pattern.INDUCTION)
+    lab[1, 2] = int(Pattern.NGRAM)
+    return lab
+
+
+def test_token_auc_counts_pairs_in_the_documented_direction():
+    lab = _labels()  # positives: (0,1), (0,2), (1,0); negatives: the other 5 of the first 4 columns
+    chi = np.array([[0.0, -3.0, -2.0, 0.5], [-1.0, 0.2, -2.5, 0.1]])  # (n_seq, T = n_ctx - 1)
+    # −χ ranks: positives 3, 2, 1; negatives −0, −0.5, −0.2, 2.5, −0.1. Pairs won: 3 beats all 5, 2 beats 4 of 5
+    # (loses to 2.5), 1 beats 4 of 5: 13 of 15.
+    assert token_auc(chi, lab, IND) == pytest.approx(13 / 15)
+    assert token_auc(chi, lab, IND, sign=+1) == pytest.approx(2 / 15)
+    # Only the NGRAM-labelled position (1, 2): −χ = 2.5 beats 6 of the other 7 (loses to 3).
+    assert token_auc(chi, lab, int(Pattern.NGRAM)) == pytest.approx(6 / 7)
+
+
+def test_token_auc_drops_nan_positions_and_refuses_one_class():
+    lab = _labels()
+    chi = np.array([[np.nan, -3.0, -2.0, 0.5], [-1.0, 0.2, -2.5, 0.1]])
+    # (0, 0) was a negative every positive beat: 10 of the 12 pairs left
+    assert token_auc(chi, lab, IND) == pytest.approx(10 / 12)
+    with pytest.raises(RllcError, match="no positions labelled"):
+        token_auc(chi, lab, int(Pattern.DYCK))
+    with pytest.raises(RllcError, match="do not match"):
+        token_auc(chi[:1], lab, IND)
+
+
+def test_head_aucs_uses_each_heads_pattern_and_skips_untyped_heads():
+    lab = _labels()
+    perfect = np.where((lab[:, :4] & IND) != 0, -1.0, 1.0)
+    patterns = type_patterns({"1:0": "induction", "0:3": "previous-token", "0:0": "current-token"})
+    assert patterns == {"1:0": IND, "0:3": IND}
+    df = head_aucs({"1:0": perfect, "0:3": -perfect}, lab, patterns)
+    assert list(df.component) == ["1:0", "0:3"]
+    assert df.auc.tolist() == [1.0, 0.0]
+    assert df.positives.tolist() == [3, 3] and df.negatives.tolist() == [5, 5]
+
+
+def _frame() -> pd.DataFrame:
+    rows = []
+    for step, scale in [(0, 1.0), (10, 4.0)]:
+        for comp, v in {"0:0": (1.0, 0.0), "0:1": (0.9, 0.1), "1:0": (0.0, 1.0), "1:1": (0.1, 0.8)}.items():
+            for probe, x in zip(["code", "synthetic.induction"], v):
+                rows.append({"step": step, "component": comp, "measure": f"susceptibility:{probe}", "value": scale * x})
+    rows.append({"step": 20, "component": "0:0", "measure": "susceptibility:code", "value": 1.0})  # incomplete
+    return pd.DataFrame(rows)
+
+
+def test_response_matrices_pivot_heads_by_probes_and_skip_incomplete_steps():
+    mats = response_matrices(_frame())
+    assert sorted(mats) == [0, 10]
+    m = mats[10]
+    assert list(m.index) == ["0:0", "0:1", "1:0", "1:1"] and list(m.columns) == ["code", "synthetic.induction"]
+    assert m.loc["1:1", "synthetic.induction"] == pytest.approx(3.2)
+    dup = pd.concat([_frame(), _frame()])
+    with pytest.raises(RllcError, match="several data sets"):
+        response_matrices(dup)
+
+
+def test_response_svd_of_a_rank_one_matrix_after_centring():
+    u = np.array([1.0, -1.0, 2.0, -2.0])
+    v = np.array([3.0, 4.0]) / 5
+    m = np.outer(u, v) * 7 + np.array([10.0, -5.0])  # a shared column offset, removed by centring
+    _, s, vt = response_svd(m)
+    assert s[0] == pytest.approx(7 * np.linalg.norm(u))
+    assert s[1] == pytest.approx(0.0, abs=1e-9)
+    assert abs(vt[0] @ v) == pytest.approx(1.0)
+
+
+def test_clusters_of_the_response_over_training_recover_the_types():
+    mats = response_matrices(_frame())
+    big = over_training(mats)
+    assert big.shape == (4, 4)
+    assert np.linalg.norm(big[10].to_numpy()) == pytest.approx(1.0)  # each checkpoint's block has unit norm
+    clusters = cluster_by_response(big, 2)
+    types = ["multigram", "multigram", "induction", "induction"]
+    assert type_agreement(clusters, types) == pytest.approx(1.0)
+    assert type_agreement([0, 1, 0, 1], types) < 0  # a partition crossing the types scores below chance
+    with pytest.raises(RllcError, match="cannot make 5 clusters"):
+        cluster_by_response(big, 5)
