@@ -31,7 +31,9 @@ from torch import nn
 from rllc.llc._data import BatchSource
 from rllc.llc.config import SamplerConfig
 from rllc.llc.layout import Layout
-from rllc.llc.observe import Moments, Observe, Observed
+from rllc.llc.losses import per_token_loss
+from rllc._errors import RllcError
+from rllc.llc.observe import CrossMoments, Moments, Observe, Observed, ProbeMoments
 from rllc.llc.streams import BatchStream, noise_streams
 
 
@@ -52,59 +54,126 @@ class Run:
 
 
 class _Observer:
-    """Evaluates ``observe.per_sample_loss`` at the chains' positions and streams it into ``Moments``."""
+    """Evaluates the observables (``Observe``) at every draw and streams them into ``Moments``/``CrossMoments``.
+
+    Every probe is evaluated for all components × chains at once (`probe_eval.py`: the stacked forward for rllc
+    Transformers with the per-token loss, ``vmap`` of ``functional_call`` otherwise), under ``no_grad``;
+    ``Observe(batched=False)`` is the one-weight-set-at-a-time reference.
+    """
 
     def __init__(self, model: nn.Module, obs: Observe, layouts: list[Layout], source: BatchSource, chains: int,
-                 device: torch.device) -> None:
-        self.obs, self.layouts, self.source = obs, layouts, source
-        self.model = copy.deepcopy(model).to(device).requires_grad_(False)
-        self.params = dict(self.model.named_parameters())
-        self.star = {n: p.detach().clone() for n, p in self.params.items()}
-        self.eval = None if obs.eval_data is None else BatchSource(obs.eval_data, device).full()
-        self.eval_moments: list[Moments | None] = [None] * len(layouts)
-        self.mb = [np.zeros((2, chains)) for _ in layouts]  # running Σx, Σx² of per-draw minibatch means
-        self.mb_count = 0
-        self.at_anchor = None
-        if self.eval is not None:
-            with torch.no_grad():
-                self.at_anchor = self._values(self.eval)
-        self.chains = chains
+                 device: torch.device, init_loss: float, paired: bool, full: bool) -> None:
+        from rllc.llc import probe_eval
 
-    def _values(self, batch: Any) -> np.ndarray:
-        return self.obs.per_sample_loss(self.model, batch).detach().double().cpu().reshape(-1).numpy()
+        probes = obs.resolved_probes()
+        self.obs, self.layouts, self.source, self.chains = obs, layouts, source, chains
+        self.init_loss, self.paired, self.full = init_loss, paired, full
+        self.model = copy.deepcopy(model).to(device).requires_grad_(False)
+        self.anchor = {n: p.detach() for n, p in self.model.named_parameters()}
+        union = set(n for lay in layouts for n in lay.names)
+        self.moving = [n for n in self.anchor if n in union]
+        self.data = {name: BatchSource(d, device).full() for name, d in probes.items()}
+        fn = obs.per_sample_loss
+        first = next(iter(self.data.values()), source.full() if obs.minibatch else None)
+        if not obs.batched:
+            self.eval = probe_eval.LoopEval(self.model, fn)
+        elif first is not None and probe_eval.stacked_supported(self.model, fn, first) and all(
+                probe_eval._is_tokens(b) for b in self.data.values()):
+            self.eval = probe_eval.StackedEval(self.model)
+        else:
+            self.eval = probe_eval.VmapEval(self.model, fn)
+        C = chains
+        self.groups: list[tuple[torch.Tensor, int]] = [(torch.arange(len(layouts) * C), 0)]
+        if isinstance(self.eval, probe_eval.StackedEval):
+            starts = [self.eval.start_layer(lay.names) for lay in layouts]
+            self.groups = [(torch.tensor([q * C + c for q, s in enumerate(starts) if s == st for c in range(C)]), st)
+                           for st in sorted(set(starts))]
+        self.at_anchor, self.shapes = {}, {}
+        for name, batch in self.data.items():
+            v = (fn or per_token_loss)(self.model, batch)  # (n, ...) at w*
+            if v.dim() == 0:
+                raise RllcError(f"observe probe {name!r}: per_sample_loss returned a scalar; it must return "
+                                "one loss per sample, shape (B, ...)")
+            self.shapes[name] = tuple(v.shape)
+            self.at_anchor[name] = v.double().cpu().reshape(-1).numpy()
+        Q, C = len(layouts), chains
+        self.cross_names = obs.cross_names()
+        self.phi = [Moments(C, 0) for _ in range(Q)]
+        self.moments = [{name: Moments(C, self.at_anchor[name].size) for name in self.data} for _ in range(Q)]
+        self.cross = [{name: CrossMoments(self.at_anchor[name].size if obs.cross_level == "token"
+                                          else self.shapes[name][0]) for name in self.cross_names}
+                      for _ in range(Q)]
+        self.mb = [Moments(C, 1) for _ in range(Q)] if obs.minibatch else None
+
+    def _probe_values(self, w: dict[str, torch.Tensor], batch: Any) -> np.ndarray:
+        """(Q·C, ...) per-sample losses of every component × chain on a probe, float64: components grouped by the
+        lowest layer they move (the stacked forward starts there, from the probe's cached w* residual)."""
+        if len(self.groups) == 1 and self.groups[0][1] == 0:
+            return self.eval.values(w, batch).double().cpu().numpy()
+        out = None
+        for rows, start in self.groups:
+            v = self.eval.values({n: t[rows] for n, t in w.items()}, batch, start=start).double().cpu().numpy()
+            if out is None:
+                out = np.empty((len(self.layouts) * self.chains, *v.shape[1:]))
+            out[rows.numpy()] = v
+        return out
+
+    def _stack(self, positions: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The moving tensors at every component's chains, (Q·C, *shape); coordinates a component does not move
+        stay at w*."""
+        Q, C = len(positions), self.chains
+        w = {n: self.anchor[n].expand(Q, C, *self.anchor[n].shape).clone() for n in self.moving}
+        for q, lay in enumerate(self.layouts):
+            lay.scatter_({n: w[n][q] for n in lay.names}, positions[q].to(w[lay.names[0]].dtype), lead=1)
+        return {n: t.view(Q * C, *t.shape[2:]) for n, t in w.items()}
 
     @torch.no_grad()
     def record(self, positions: list[torch.Tensor], idx: torch.Tensor | None, losses: np.ndarray,
-               alive: np.ndarray) -> None:
-        self.mb_count += 1
-        for q, lay in enumerate(self.layouts):
-            ev = []
-            for c in range(self.chains):
-                lay.scatter_(self.params, positions[q][c])
-                if self.eval is not None:
-                    ev.append(self._values(self.eval) if alive[q, c] else np.full(len(self.at_anchor), np.nan))
-                if self.obs.minibatch:
-                    b = self.source.full() if idx is None else self.source._take(idx[c])
-                    x = float(np.mean(self._values(b))) if alive[q, c] else np.nan
-                    self.mb[q][0, c] += x
-                    self.mb[q][1, c] += x * x
-            for n, p in self.params.items():
-                p.copy_(self.star[n])
-            if self.eval is not None:
-                if self.eval_moments[q] is None:
-                    self.eval_moments[q] = Moments(self.chains, len(self.at_anchor))
-                self.eval_moments[q].update(np.stack(ev), losses[q])
+               alive: np.ndarray, star: np.ndarray | None = None) -> None:
+        """Add one draw: ``losses`` (Q, C) the chains' minibatch losses, ``star`` (C,) the paired losses at w*."""
+        Q, C = alive.shape
+        phi = losses - (star[None, :] if star is not None else self.init_loss)
+        phi = np.where(alive, phi, np.nan)  # (Q, C)
+        w = self._stack(positions)
+        for name, batch in self.data.items():
+            v = self._probe_values(w, batch).reshape(Q, C, -1)  # (Q, C, N)
+            v[~alive] = np.nan
+            for q in range(Q):
+                self.moments[q][name].update(v[q], phi[q])
+                if name in self.cross[q]:
+                    x = v[q] if self.obs.cross_level == "token" else v[q].reshape(C, self.shapes[name][0], -1).mean(-1)
+                    self.cross[q][name].update(x)
+        for q in range(Q):
+            self.phi[q].update(np.zeros((C, 0)), phi[q])
+        if self.mb is not None:
+            b = self.source.full() if idx is None else self.source._take(idx)  # (C, B, ...) or the full batch
+            if idx is None:
+                v = self.eval.values(w, b)
+            else:
+                from torch.utils._pytree import tree_map
+
+                rep = tree_map(lambda t: t.unsqueeze(0).expand(Q, *t.shape).reshape(Q * C, *t.shape[1:])
+                               if isinstance(t, torch.Tensor) else t, b)
+                v = self.eval.values(w, rep, per_chain_batch=True)
+            m = v.double().cpu().reshape(Q, C, -1).mean(-1).numpy()
+            m[~alive] = np.nan
+            for q in range(Q):
+                self.mb[q].update(m[q][:, None], phi[q])
 
     def result(self, q: int) -> Observed:
-        m = self.eval_moments[q]
-        mb_mean = mb_var = None
-        if self.obs.minibatch and self.mb_count:
-            k = self.mb_count
-            mb_mean = self.mb[q][0] / k
-            mb_var = (self.mb[q][1] - k * mb_mean**2) / max(k - 1, 1)
-        return Observed(draws=self.mb_count, eval_mean=None if m is None else m.mean,
-                        eval_var=None if m is None else m.var, eval_cov=None if m is None else m.cov_with_loss,
-                        eval_at_anchor=self.at_anchor, minibatch_mean=mb_mean, minibatch_var=mb_var)
+        ph = self.phi[q]
+        probes = {}
+        for name, m in self.moments[q].items():
+            cm = self.cross[q].get(name)
+            probes[name] = ProbeMoments(shape=self.shapes[name], mean=m.mean, var=m.var, cov_phi=m.cov_with_loss,
+                                        at_anchor=self.at_anchor[name],
+                                        cross=None if cm is None else cm.covariance,
+                                        cross_count=0 if cm is None else cm.count, cross_level=self.obs.cross_level)
+        mb = self.mb[q] if self.mb is not None else None
+        return Observed(draws=ph.count, phi_mean=ph.mean_y.copy(), phi_var=ph.var_y.copy(),
+                        paired=self.paired or self.full, full_batch=self.full, probes=probes,
+                        minibatch_mean=None if mb is None else mb.mean[:, 0].copy(),
+                        minibatch_var=None if mb is None else mb.var[:, 0].copy())
 
 
 class _Cancelled(Exception):
@@ -168,7 +237,7 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
             if paired:
                 star[:, k] = star_t
             if observer is not None:
-                observer.record([s.position for s in states], idx, losses, alive)
+                observer.record([s.position for s in states], idx, losses, alive, star_t if paired else None)
             k += 1
             if progress is not None:
                 progress.update(1)

@@ -260,8 +260,9 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     runs: list[Run | None] = [None] * len(components)
     try:
         for idx, make_strategy, threads in groups:
+            full = cfg.batch_size >= source.n
             observer = None if observe is None else _Observer(model, observe, [layouts[i] for i in idx], source,
-                                                              cfg.chains, device)
+                                                              cfg.chains, device, init, cfg.paired and not full, full)
             done = run_chains_on_threads(make_strategy, threads, kernel, cfg, [layouts[i] for i in idx],
                                          [anchors[i] for i in idx], [identities[i] for i in idx], source, data_key,
                                          init, bar, observer)
@@ -322,8 +323,10 @@ def estimate_llc(
         device: where the sampling runs.
         progress: True shows a tqdm bar over draws; a callable is called as ``progress(draws_done, draws_total)``
             after every recorded draw (draws summed over everything the call samples), e.g. for an ETA.
-        observe: an ``rllc.llc.Observe``: per-sample losses recorded at every draw into bounded running moments
-            (``LLCResult.observed``).
+        observe: an ``rllc.llc.Observe``: per-sample losses on named probe data sets recorded at every draw,
+            batched over chains, into bounded running moments (``LLCResult.observed``: φ, per-sample means,
+            variances, covariances with φ, cross-moments) — what ``rllc.llc.response`` turns into susceptibilities,
+            per-token LLC contributions and Bayesian influence functions, from the same chains as λ̂.
 
     Returns:
         An ``LLCResult``.

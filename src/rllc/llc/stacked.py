@@ -89,13 +89,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     """Mean next-token cross-entropy of N weight sets p[name] (N, *shape) on their token batches (N, B, T): (N,)."""
-    N, B, T = tokens.shape
-    D, H, E, V = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab
+    resid = stacked_blocks(cfg, p, stacked_embed(cfg, p, tokens), 0, cfg.n_layers)  # (N, B, T, D)
+    if not torch.is_grad_enabled():
+        return stacked_unembed_loss(cfg, p, resid, tokens).flatten(1).mean(1)
+    N, B, T, D = resid.shape
+    h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
+    targets = tokens[:, :, 1:].reshape(N, B * (T - 1))
+    return _LinearCrossEntropy.apply(h, p["unembed.W_U"], p["unembed.b_U"], targets)  # (N,)
+
+
+def stacked_token_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Per-token next-token cross-entropy of N weight sets p[name] (N, *shape) on tokens (N, B, T): (N, B, T−1)
+    (position t predicts token t+1, as ``rllc.llc.losses.per_token_loss``)."""
+    resid = stacked_blocks(cfg, p, stacked_embed(cfg, p, tokens), 0, cfg.n_layers)
+    return stacked_unembed_loss(cfg, p, resid, tokens)
+
+
+def stacked_embed(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The token embeddings (N, B, T, D) of tokens (N, B, T) in the N vocabularies laid end to end."""
+    N, V, D = tokens.shape[0], cfg.d_vocab, cfg.d_model
     offset = (torch.arange(N, device=tokens.device) * V).view(N, 1, 1)
-    resid = F.embedding(tokens + offset, p["embed.W_E"].reshape(N * V, D))  # (N, B, T, D)
+    return F.embedding(tokens + offset, p["embed.W_E"].reshape(N * V, D))  # (N, B, T, D)
+
+
+def stacked_blocks(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, start: int, stop: int) -> torch.Tensor:  # noqa: ANN001
+    """Blocks start … stop−1 of N weight sets on their residual streams (N, B, T, D): the residual after them."""
+    N, B, T, D = resid.shape
+    H, E = cfg.n_heads, cfg.d_head
     pos = p["pos_embed.W_pos"][:, :T].unsqueeze(1)  # (N, 1, T, D)
     scale = 1.0 / E**0.5
-    for l in range(cfg.n_layers):
+    for l in range(start, stop):
         a = f"blocks.{l}.attn."
         nv = _ln(resid, p[f"blocks.{l}.ln1.w"], p[f"blocks.{l}.ln1.b"], cfg.ln_eps)  # (N, B, T, D)
         nq = (nv + pos).reshape(N, B * T, D)
@@ -110,13 +133,18 @@ def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch
         z = z.transpose(1, 2).reshape(N, B * T, H * E)
         out = torch.baddbmm(p[a + "b_O"].view(N, 1, D), z, p[a + "W_O"].reshape(N, H * E, D))  # (N, B·T, D)
         resid = resid + out.view(N, B, T, D)
+    return resid
+
+
+def stacked_unembed_loss(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Per-token cross-entropy (N, B, T−1) from the final residuals (N, B, T, D); tokens (N or 1, B, T)."""
+    N, B, T, D = resid.shape
+    V = cfg.d_vocab
     h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
-    targets = tokens[:, :, 1:].reshape(N, B * (T - 1))
-    if not torch.is_grad_enabled():
-        logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
-        nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
-        return nll.view(N, -1).mean(1)
-    return _LinearCrossEntropy.apply(h, p["unembed.W_U"], p["unembed.b_U"], targets)  # (N,)
+    logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
+    targets = tokens[:, :, 1:].expand(N, B, T - 1).reshape(N, B * (T - 1))
+    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+    return nll.view(N, B, T - 1)
 
 
 class StackedStrategy:
