@@ -65,3 +65,18 @@ def test_hessian_flags_set_the_chosen_measures_settings():
     assert paper.rank == RankConfig.paper_fixed(n_probes=2)  # a flag replaces one setting of the preset
     with pytest.raises(RllcError, match="--degree"):
         cfg("--degree", "9")
+
+
+@pytest.mark.parametrize("command", ["llc", "sweep", "calibrate"])
+def test_sampler_flags_reach_the_kernel_and_are_explained(command):
+    from rllc.cli import _sampler_overrides
+    from rllc.llc import SamplerConfig
+
+    args = build_parser().parse_args([command, "RUN", "--sampler", "rmsprop_sgld", "--sampler-setting", "alpha=0.9",
+                                      "--sampler-setting", "adapt=always"])
+    cfg = SamplerConfig(**_sampler_overrides(args))
+    assert cfg.sampler == "rmsprop_sgld" and cfg.settings()["alpha"] == 0.9 and cfg.settings()["adapt"] == "always"
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+    text = " ".join(sub.format_help().split())
+    for word in ("alpha", "stabiliser", "adapt", "adapt_fraction", "warmup", "rmsprop_sgld"):
+        assert word in text, word

@@ -444,7 +444,8 @@ def test_rmsprop_kernel_matches_a_hand_computed_step_and_is_hashed():
 
     w, g, xi, w0 = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 1.0]]), torch.tensor([[0.3, -1.0]]), \
         torch.tensor([0.0, -1.0])
-    h = k.hyper(0.01, 30.0, 200.0, {"adapt": "burnin", "alpha": 0.9, "eps": 0.1, "warmup": 5.0}, burn_in=1)
+    h = k.hyper(0.01, 30.0, 200.0, {"adapt": "burnin", "adapt_fraction": 0.5, "alpha": 0.9, "eps": 0.1,
+                                     "warmup": 5.0}, burn_in=1)
     state, info = k.step(k.init(w), g, xi, w0, None, h)
     v = 0.1 * g**2  # V_1 = (1 − α) g², from V_0 = 0
     G = 1 / (v.sqrt() + 0.1)
@@ -456,11 +457,18 @@ def test_rmsprop_kernel_matches_a_hand_computed_step_and_is_hashed():
     torch.testing.assert_close(state2.square_avg, v)
     torch.testing.assert_close(state2.position, state.position + 0.005 * G * (-90 * g - 200 * (state.position - w0))
                                + (0.01 * G).sqrt() * xi)
-    assert k.hyper(0.01, 30.0, 200.0, {"adapt": "burnin", "alpha": 0.9, "eps": 0.1, "warmup": 5.0}).adapt_steps == 5
-    always = k.hyper(0.01, 30.0, 200.0, {"adapt": "always", "alpha": 0.9, "eps": 0.1, "warmup": 5.0}, burn_in=1)
+    assert k.hyper(0.01, 30.0, 200.0, {"adapt": "burnin", "adapt_fraction": 0.5, "alpha": 0.9, "eps": 0.1,
+                                        "warmup": 5.0}).adapt_steps == 5
+    always = k.hyper(0.01, 30.0, 200.0, {"adapt": "always", "adapt_fraction": 0.5, "alpha": 0.9, "eps": 0.1,
+                                         "warmup": 5.0}, burn_in=1)
     assert not torch.equal(k.step(state, 3 * g, xi, w0, None, always)[0].square_avg, v)
     a = SamplerConfig(sampler="rmsprop_sgld")
-    assert a.settings() == {"adapt": "burnin", "alpha": 0.99, "eps": 0.1, "warmup": 100.0}
+    assert a.settings() == {"adapt": "burnin", "adapt_fraction": 0.5, "alpha": 0.99, "eps": 0.1, "warmup": 100.0}
+    # the adaptation window: the first half of burn-in (rounded up), or `warmup` steps without burn-in
+    assert [k.hyper(0.01, 30.0, 200.0, a.settings(), burn_in=b).adapt_steps for b in (0, 1, 7, 200)] == \
+        [100, 1, 4, 100]
+    with pytest.raises(RllcError, match="adapt_fraction must be in"):
+        SamplerConfig(sampler="rmsprop_sgld", sampler_settings={"adapt_fraction": 0.0})
     assert a.config_hash() != SamplerConfig(sampler="rmsprop_sgld", sampler_settings={"adapt": "always"}).config_hash()
     with pytest.raises(RllcError, match="adapt must be one of"):
         SamplerConfig(sampler="rmsprop_sgld", sampler_settings={"adapt": "sometimes"})
@@ -540,7 +548,8 @@ def test_rmsprop_kernel_is_devinterps_rmsprop_sgld():
     p = torch.nn.Parameter(w0.clone())
     opt = sgmcmc.SGMCMC.rmsprop_sgld([p], lr=1e-3, nbeta=30.0, localization=200.0, alpha=0.9, eps=0.1)
     state = k.init(w0.clone()[None])
-    h = k.hyper(1e-3, 30.0, 200.0, {"adapt": "always", "alpha": 0.9, "eps": 0.1, "warmup": 0.0})  # devinterp's
+    h = k.hyper(1e-3, 30.0, 200.0, {"adapt": "always", "adapt_fraction": 0.5, "alpha": 0.9, "eps": 0.1,
+                                    "warmup": 0.0})  # devinterp's
     for t in range(5):
         grad = torch.randn(6, generator=g)
         p.grad = grad.clone()

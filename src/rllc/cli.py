@@ -145,15 +145,20 @@ def _setting(s: str) -> tuple[str, float | str]:
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler (defaults: the paper's released configs)")
-    g.add_argument("--sampler", choices=["sgld", "rmsprop_sgld"],
+    from rllc.llc.kernels import KERNELS
+
+    g.add_argument("--sampler", choices=sorted(KERNELS),
                    help="kernel: sgld (default, the paper's) or rmsprop_sgld (RMSProp-preconditioned SGLD, devinterp's "
-                        "update; Hitchcock & Hoogland 2025); see docs/llc.md")
+                        "update with its preconditioner frozen after adapting in burn-in by default; Hitchcock & "
+                        "Hoogland 2025); see docs/llc.md")
     g.add_argument("--sampler-setting", action="append", metavar="NAME=VALUE", type=_setting,
-                   help="a kernel setting, repeatable: for rmsprop_sgld alpha (squared-gradient decay, default "
-                        "0.99), eps (stabiliser in 1/(sqrt(V) + eps), default 0.1), adapt (burnin: the "
-                        "preconditioner adapts during burn-in, or the first `warmup` steps when burn-in is 0, then "
-                        "is frozen — exact, the default; always: devinterp's update, biased upward) and warmup "
-                        "(default 100)")
+                   help="a kernel setting, repeatable (sgld has none). rmsprop_sgld preconditions each step by "
+                        "G = 1/(sqrt(V) + eps), V the running average of squared minibatch gradients: alpha (V's "
+                        "decay per step, default 0.99), eps (the stabiliser in G, not the step size; default 0.1, "
+                        "so G <= 10: use an --epsilon ~10x smaller than sgld's), adapt (burnin, the default: V "
+                        "adapts during the first adapt_fraction of the burn-in, default 0.5, then is frozen, so the "
+                        "draws sample the exact posterior; always: devinterp's update, V follows the chain, biased "
+                        "upward) and warmup (steps V adapts when --burn-in is 0, default 100; those are also draws)")
     g.add_argument("--epsilon", type=float, help="step size ε (default 1e-3)")
     g.add_argument("--nbeta", type=float, help="inverse temperature times sample size, nβ (default 30)")
     g.add_argument("--gamma", type=float, help="localisation strength γ (default 200)")
