@@ -754,6 +754,7 @@ def _filled(traj: Any) -> str:
 def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
     out = []
     rows = []
+    lows: list[float] = []  # −bias of each valid estimate: how much higher its second half averages than all draws
     for _, x in r.results[r.results.measure == "llc"].iterrows():
         diag = (x.extra or {}).get("diagnostics", {}) if isinstance(x.extra, dict) else {}
         issues = []
@@ -770,11 +771,15 @@ def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
             issues.append(f"R-hat {rh:.2f}")
         if diag.get("converged") is False and diag.get("bias") is not None:
             issues.append(f"likely low by {-diag['bias']:.3g}")  # second half of the draws vs all (issue 11)
+        bias, bias_se = diag.get("bias"), diag.get("bias_se")
+        if x.valid and bias is not None:
+            lows.append(-bias)
         if issues:
             ess = diag.get("ess")
+            low = None if bias is None else f"{-bias:+.3g}" + ("" if bias_se is None else f" ± {bias_se:.2g}")
             rows.append({"step": int(x.step), "component": x.component, "data": x.data, "config": x.config_hash,
-                         "λ̂": x.value, "ESS": None if ess is None else round(ess), "issues": ", ".join(issues),
-                         "messages": " | ".join(diag.get("messages", []))})
+                         "λ̂": x.value, "ESS": None if ess is None else round(ess), "low by": low,
+                         "issues": ", ".join(issues), "messages": " | ".join(diag.get("messages", []))})
     n_llc = int((r.results.measure == "llc").sum())
     problems = list(r.load_errors) + doc.problems[r.problems_from:]
     if problems:
@@ -788,10 +793,19 @@ def _diagnostics(doc: _Doc, r: _RunData) -> list[str]:
                    "estimates are drawn as × in the figures; unconverged ones may be biased — rerun them with a "
                    "smaller step size or more draws (<code>rllc calibrate</code> chooses ε).</p>")
         out.append(doc.table(t, "LLC estimates whose chains diverged, did not converge, gave a negative λ̂ or have "
-                                "split-R-hat above 1.1, with their bulk ESS, the bias a still-rising trace suggests "
-                                "and the sampler's own messages."))
+                                "split-R-hat above 1.1, with their bulk ESS, how much higher the second half of "
+                                "their draws averages than all draws (± s.e. across chains: the bias of a chain too "
+                                "short to have settled, when the trace is still rising) and the sampler's own "
+                                "messages."))
     else:
         out.append(f"<p class=ok>All {n_llc} LLC estimates are valid and converged.</p>")
+    if len(lows) >= 10:  # one estimate's first-vs-second-half test has little power with few chains; many have more
+        a = np.asarray(lows, dtype=float)
+        out.append(f"<p>Across the {a.size} valid estimates the second half of the draws averages higher than all "
+                   f"draws in {np.mean(a > 0):.0%} of them, by {a.mean():.3g} ± {a.std(ddof=1) / np.sqrt(a.size):.2g} "
+                   "on average (in λ units; 50% and 0 if the chains had settled): "
+                   + ("the chains were typically still rising, so the λ̂ are biased low by at least about that much."
+                      if a.mean() > 3 * a.std(ddof=1) / np.sqrt(a.size) else "no sign of a common rise.") + "</p>")
     if r.stage_error:
         out.append(f"<p class=warn>Stage detection: {_e(r.stage_error)}</p>")
     return out
