@@ -182,7 +182,8 @@ def diagnose(
     """Diagnostics for one estimate.
 
     Args:
-        trace: (C, K) draw losses, NaN after a chain diverged.
+        trace: (C, K) draw losses (paired estimates: minus the loss at w* on the same minibatch), NaN after a
+            chain diverged.
         per_chain: (C,) λ̂ per chain, NaN for diverged chains.
         diverged_at: (C,) step at which each chain diverged, −1 for chains that did not.
         nbeta: nβ.

@@ -168,7 +168,10 @@ def _summarise(run: Run, init_loss: float, cfg: SamplerConfig, component: Any) -
     live = per_chain[alive]
     mean = float(live.mean()) if live.size else float("nan")
     std = float(live.std(ddof=1)) if live.size >= 2 else float("nan")
-    diag = diagnose(run.trace, per_chain, run.diverged_at, cfg.nbeta, mean)
+    # the diagnostics read what λ̂ averages: paired, each draw's loss minus the loss at w* on the same minibatch
+    # (the minibatch noise cancels, so drift, bias and R-hat see the chain, not the batches)
+    diag = diagnose(run.trace if run.star is None else run.trace - run.star, per_chain, run.diverged_at,
+                    cfg.nbeta, mean)
     valid = bool(alive.all() and not diag.negative and math.isfinite(mean))
     return LLCResult(mean=mean, std=std, per_chain=per_chain, init_loss=float(init_loss), loss_trace=run.trace,
                      valid=valid, diagnostics=diag, config=cfg, component=_describe(component),
