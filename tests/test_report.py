@@ -37,7 +37,8 @@ def _fill_store(run_dir: Path, seed: int) -> None:
     L, H = run.config.model.n_layers, run.config.model.n_heads
     rng = np.random.default_rng(seed)
     x = np.log1p(np.asarray(steps, dtype=float)) / math.log1p(steps[-1])  # (T,) in [0, 1]
-    ok = {"diverged": [], "converged": True, "negative": False, "rhat": 1.01, "messages": []}
+    ok = {"diverged": [], "converged": True, "negative": False, "rhat": 1.01, "bias": 0.0, "bias_se": 0.1,
+          "messages": []}
     rows: list[ResultRow] = []
 
     def llc(step_i: int, comp: str, data: str, value: float, **kw) -> None:
@@ -56,7 +57,7 @@ def _fill_store(run_dir: Path, seed: int) -> None:
     rows[3] = ResultRow(*rows[3].key, rows[3].value, rows[3].std, False,
                         {"diagnostics": {**ok, "diverged": [2], "messages": ["chain 2 diverged at draw 17"]}})
     rows[5] = ResultRow(*rows[5].key, rows[5].value, rows[5].std, True,
-                        {"diagnostics": {**ok, "converged": False, "rhat": 1.3,
+                        {"diagnostics": {**ok, "converged": False, "rhat": 1.3, "bias": -0.8, "bias_se": 0.2,
                                          "messages": ["the loss trace still drifts over the last half"]}})
     last = steps[-1]
     labels = ("previous-token", "induction", "current-token", "n-gram")
@@ -142,6 +143,8 @@ def test_report_has_every_section_for_every_run(report):
     diag = _section(page, "r0-diagnostics")
     assert "chain 2 diverged at draw 17" in diag and "not converged" in diag and "R-hat 1.30" in diag
     assert re.search(r"2 of \d+ LLC estimates are flagged \(1 invalid\)", diag)
+    # the unconverged row's short-chain bias, in its issues and its own column; one such row is no common rise
+    assert "likely low by 0.8" in diag and "+0.8 ± 0.2" in diag and "no sign of a common rise" in diag
     assert "Cluster transfer" in _section(page, "cross") and "ARI" in page
     # nothing that could reach the network
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
