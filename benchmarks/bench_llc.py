@@ -227,15 +227,15 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
           f"{t_dev:.1f} s ({need_dev:.0f} draws) | {ratio:.1f}× faster | ≥ 10× {'met' if ratio >= 10 else 'not met'} |")
 
 
-def device_table(device: str, draws: int, reps: int) -> None:
+def device_table(device: str, draws: int, reps: int, cfg: ModelConfig | None = None) -> None:
     """The GPU table of issue 11 on ``device``: the `paper` preset (8 heads × 2 layers, d_model 256, n_ctx 1024,
     vocab 5000) at initialisation on random tokens, the paper's sampler at batch 32 × 1024 tokens: chain-draws/s of
     the full model with the chains batched (stacked) vs sequential (autograd), and all 16 heads together (per-head
-    strategy) vs one by one. Interleaved repetitions, median."""
-    model = Transformer(ModelConfig(), seed=0)
+    strategy) vs one by one. Interleaved repetitions, median. ``cfg``: another model (a smoke run on CPU)."""
+    model = Transformer(cfg or ModelConfig(), seed=0)
     tokens = torch.randint(0, model.cfg.d_vocab, (256, model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
     names = heads(model.cfg)
-    kw = dict(chains=4, draws=draws, init_batches=1, device=device)
+    kw = dict(chains=4, draws=draws, init_batches=1, device=device, **HP)
 
     def sync():  # noqa: ANN202
         if device.startswith("cuda"):
@@ -257,7 +257,8 @@ def device_table(device: str, draws: int, reps: int) -> None:
             t[k].append(dt)
     med = {k: statistics.median(v) for k, v in t.items()}
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
-    print(f"settings: paper preset at initialisation, random tokens, 4 chains × {draws} draws, batch 32 × 1024, "
+    print(f"settings: {'paper preset' if cfg is None else cfg} at initialisation, random tokens, "
+          f"4 chains × {draws} draws, batch 32 × {model.cfg.n_ctx}, "
           f"{device} ({name}), {reps} interleaved repetitions (median); torch {torch.__version__}; {_load()}")
     print("| figure | time | chain-draws/s | ratio |")
     print("|---|---|---|---|")
