@@ -112,3 +112,21 @@ def test_evaluate_run_on_a_tiny_run(tiny_run, tmp_path):
     found = evaluate_run(run_dir)
     assert [f.verdict for f in found.findings][0] == "not applicable"  # no head curves, no types
     assert found.lines()[0].startswith("sampler:") and "not measured" in found.bias_line
+
+
+def test_stage_finding_says_why_a_monotone_jump_has_no_boundary():
+    from rllc.analysis.stages import StageConfig, detect_stages
+
+    # A slow rise, a jump of 25 at x = 7.8 within a checkpoint interval, a slower rise after it to the last
+    # checkpoint (the demo's full-model LLC in shape): no plateau on either side, and the evidence says where the
+    # flattest slope is on each side and that nothing steeper lies beyond it.
+    steps = np.unique(np.concatenate([np.round(np.geomspace(1, 2000, 60)), np.arange(2000, 5001, 100)]))
+    x = np.log1p(steps)
+    y = 6 + 1.5 * x + 12.5 * (1 + np.tanh((x - 7.8) / 0.02)) + 15 * np.clip(x - 7.85, 0, None)
+    st = detect_stages(steps, y, StageConfig(), se=np.full(len(x), 0.3))
+    assert st.boundaries == ()
+    rows = pd.DataFrame([dict(step=s, component="1:0", measure="induction_score",
+                              value=float(0.45 * (1 + np.tanh((xx - 7.78) / 0.04)))) for s, xx in zip(steps, x)])
+    f = stages_vs_induction(st, rows, steps)
+    assert f.verdict == "not reproduced"
+    assert "flattest before it" in f.evidence and "none steeper farther out" in f.evidence

@@ -197,3 +197,28 @@ def test_invalid_and_negative_estimates_are_listed_and_handled():
     assert s.value_at(steps[3]) < dropped.value_at(steps[3]) - 0.1  # the kept negative value pulls the curve down
     with pytest.raises(RllcError):
         curve_stages(df, negative="clip")
+
+
+def test_a_slope_dip_within_the_noise_is_no_plateau():
+    # A steady rise (slope 1 per ln step) with noise of known standard error, smoothed finely: the smoothed slope
+    # dips here and there to under a quarter of its neighbours, but by less than 3 standard errors of the slopes'
+    # difference, so no plateau. The old rule (fraction of the slope only) found plateaus in this noise.
+    rng = np.random.default_rng(5)
+    se = np.full(len(X), 0.3)
+    cfg = StageConfig(bandwidth=0.08)
+    for seed in range(3):
+        y = X + np.random.default_rng(seed).normal(0, 0.3, len(X))
+        s = detect_stages(STEPS, y, cfg, se=se)
+        assert [c.kind for c in s.critical_points if c.kind == "plateau"] == []
+        # the slope's standard error is what the smoother makes of the points' (linear, so exact): vs Monte Carlo
+    sims = np.array([detect_stages(STEPS, X + rng.normal(0, 0.3, len(X)), cfg, se=se).slope for _ in range(200)])
+    mid = len(s.slope) // 2
+    assert np.std(sims[:, mid]) == pytest.approx(s.slope_se[mid], rel=0.15)
+
+
+def test_real_plateaus_between_rises_survive_the_slope_evidence():
+    y = _sig((X - 2) / 0.25) + 2 * _sig((X - 5) / 0.25) + 1.5 * _sig((X - 8.5) / 0.25)
+    rng = np.random.default_rng(3)
+    s = detect_stages(STEPS, y + rng.normal(0, 0.02, len(X)), StageConfig(bandwidth=0.3), se=np.full(len(X), 0.02))
+    assert [round(math.log1p(c.step), 1) for c in s.critical_points if c.kind == "plateau"] == [
+        pytest.approx(3.5, abs=0.3), pytest.approx(6.75, abs=0.3)]

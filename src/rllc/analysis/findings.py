@@ -111,9 +111,11 @@ def stages_vs_induction(stages: Any, results: pd.DataFrame, checkpoint_steps: Se
     """App. C / Hoogland et al.: the LLC's stage boundaries bracket the induction heads' formation.
 
     Verdict: reproduced when the steepest rise of the best induction score has a stage boundary on each side and
-    the nearest is within one checkpoint interval (the gap between the checkpoints either side of the rise).
+    the nearest is within one checkpoint interval (the gap between the checkpoints either side of the rise). The
+    evidence also gives the LLC's slope around the rise (`flank_slopes`): where a plateau boundary would sit on
+    each side and why there is, or is not, one.
     """
-    from rllc.analysis.stages import formation_timing
+    from rllc.analysis.stages import flank_slopes, formation_timing
 
     claim = "the full-model LLC's stage boundaries bracket the induction heads' formation (LM3 → LM4)"
     if stages is None or not (results.measure == "induction_score").any():
@@ -128,10 +130,11 @@ def stages_vs_induction(stages: Any, results: pd.DataFrame, checkpoint_steps: Se
     interval = hi - lo
     near = abs(t.boundary.steps) if not math.isnan(t.boundary.steps) else float("inf")
     ok = len(before) > 0 and len(after) > 0 and near <= interval
+    flanks = f"; {flank_slopes(stages, t.rise).sentence()}" if stages.slope else ""
     return Finding("Stages vs induction (App. C)", claim,
                    f"{t.sentence()}; boundaries {', '.join(f'{x:.0f}' for x in b) or 'none'}; checkpoint interval "
                    f"around the rise {interval:.0f} steps (criterion: a boundary before and after the rise, the "
-                   f"nearest within one interval: {near:.0f})", "reproduced" if ok else "not reproduced")
+                   f"nearest within one interval: {near:.0f}){flanks}", "reproduced" if ok else "not reproduced")
 
 
 def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_data: str) -> Finding:

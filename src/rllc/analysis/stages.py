@@ -5,10 +5,12 @@ extreme), or where its slope falls to about zero without changing sign (a platea
 as in Hoogland et al.'s LM stages). The curve is smoothed by Gaussian kernel regression over x = ln(1 + step) with
 a stated bandwidth (in units of x, so 0.25 means a kernel standard deviation of a factor e^0.25 ≈ 1.28 in steps),
 evaluated on a uniform grid; its local extremes, and the local minima of |slope| where the slope stays of one sign
-but drops to at most `plateau` × the steepest slope on either side, are the candidate boundaries. Wiggles are removed by persistence: while two neighbouring extremes differ
-by less than a tolerance, the pair is dropped. The tolerance is `z` standard errors of their difference when the
-curve's standard errors are known (an LLC curve's: chain spread / sqrt(chains)), else `min_change` × the smoothed
-curve's range. The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
+but drops to at most `plateau` × the steepest slope on either side, are the candidate boundaries. Wiggles are
+removed by persistence: while two neighbouring extremes differ by less than a tolerance, the pair is dropped. The
+tolerance is `z` standard errors of their difference when the curve's standard errors are known (an LLC curve's:
+chain spread / sqrt(chains)), else `min_change` × the smoothed curve's range. With standard errors a plateau also
+needs the slope on each side to exceed its own by `z` standard errors of that difference (the smoother is linear
+in the values, so the slopes' errors are exact): without that test a fine bandwidth finds "plateaus" in noise. The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
 within each the smoothed LLC rises or falls, and its *transition*, if it has one, is the step where it changes
 fastest (the steepest slope over ln step inside the stage, kept when it is at least `burst` times the stage's
 median slope) — a developmental event that need not be a critical point, e.g. the LLC's jump while induction heads
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +92,9 @@ class Stages:
             chain diverged).
         negative: steps whose estimate is negative (kept in the curve unless `curve_stages(negative="drop")`,
             then also listed in `excluded`).
+        slope, slope_se: the smoothed curve's slope per unit ln(1 + step) on the grid and its standard error (NaN
+            without the points' standard errors).
+        seen: per grid point, whether a checkpoint lies within a bandwidth (elsewhere the slope is interpolation).
     """
 
     start: float
@@ -101,6 +106,9 @@ class Stages:
     stage_transitions: tuple[float, ...] = ()
     excluded: tuple[tuple[int, str], ...] = ()
     negative: tuple[int, ...] = ()
+    slope: tuple[float, ...] = ()
+    slope_se: tuple[float, ...] = ()
+    seen: tuple[bool, ...] = ()
 
     def handling(self) -> str:
         """One line saying which estimates were left out or are negative and what was done with them."""
@@ -195,21 +203,39 @@ def smooth_log_curve(steps: Sequence[float], values: Sequence[float], bandwidth:
     Returns:
         (grid steps (grid_points,), smoothed values (grid_points,)).
     """
+    grid_steps, weights, ok = _smoother(steps, values, bandwidth, grid_points)
+    return grid_steps, weights @ np.asarray(values, dtype=float)[ok]
+
+
+def _smoother(steps: Sequence[float], values: Sequence[float], bandwidth: float,
+              grid_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The smoother as a linear map: (grid steps (G,), weights (G, N_ok) with smoothed = weights @ values[ok],
+    ok (N,) the finite points). Linear (local-linear kernel regression, bridged by straight lines across gaps
+    wider than a bandwidth), so the smoothed curve's and its slope's standard errors follow from the
+    points' exactly."""
     s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
     ok = np.isfinite(s) & np.isfinite(v)
-    s, v = s[ok], v[ok]
+    s = s[ok]
     if len(s) < 3:
         raise RllcError(f"stage detection needs at least 3 finite points on the curve, got {len(s)}")
     x = np.log1p(s)
     grid = np.linspace(x.min(), x.max(), grid_points)
-    w = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bandwidth) ** 2)  # (G, N)
+    z2 = ((grid[:, None] - x[None, :]) / bandwidth) ** 2  # (G, N)
+    # Each row scaled by its largest weight (the nearest checkpoint's is 1), so that far from every checkpoint
+    # the weights do not underflow to 0/0; the scale cancels in the regression.
+    w = np.exp(-0.5 * (z2 - z2.min(1, keepdims=True)))
     # Local-linear regression: a plain kernel average flattens the curve at the ends and invents extremes there.
     sw = w.sum(1)
     mx = (w * x).sum(1) / sw
-    my = (w * v).sum(1) / sw
     dx = x[None, :] - mx[:, None]
-    slope = (w * dx * (v[None, :] - my[:, None])).sum(1) / np.maximum((w * dx ** 2).sum(1), 1e-300)
-    return np.expm1(grid), my + slope * (grid - mx)
+    sxx = np.maximum((w * dx ** 2).sum(1), 1e-300)
+    weights = w / sw[:, None] + w * dx * ((grid - mx) / sxx)[:, None]
+    # Where no checkpoint lies within a bandwidth (e.g. between steps 0 and 10 on a log axis) the regression only
+    # extrapolates and can swing; the curve there is the straight line between the nearest covered grid points.
+    seen = np.sqrt(z2.min(1)) <= 1.0
+    if not seen.all():
+        weights = np.stack([np.interp(grid, grid[seen], weights[seen, j]) for j in range(len(x))], axis=1)
+    return np.expm1(grid), weights, ok
 
 
 def _extremes(y: np.ndarray) -> list[tuple[int, str]]:
@@ -226,12 +252,14 @@ def _extremes(y: np.ndarray) -> list[tuple[int, str]]:
     return out
 
 
-def _plateaus(y: np.ndarray, gx: np.ndarray, frac: float, seen: np.ndarray) -> list[tuple[int, str]]:
+def _plateaus(slope: np.ndarray, frac: float, seen: np.ndarray,
+              evidence: Callable[[int, int], float] | None = None) -> list[tuple[int, str]]:
     """Grid indices where |slope| has a local minimum at most `frac` × the steepest |slope| on each side, with
-    the slope of one sign throughout (a sign change is an extreme, found by `_extremes`)."""
+    the slope of one sign throughout (a sign change is an extreme, found by `_extremes`). With `evidence(i, j)` (z
+    standard errors of slope[j] − slope[i]), each side's steepest slope must also exceed the plateau's by that
+    much: a dip of the slope that the noise could make is no plateau."""
     if frac <= 0:
         return []
-    slope = np.gradient(y, gx)
     a = np.abs(slope)
     sign = np.sign(slope)
     out = []
@@ -244,9 +272,12 @@ def _plateaus(y: np.ndarray, gx: np.ndarray, frac: float, seen: np.ndarray) -> l
         hi = i
         while hi < len(a) - 1 and sign[hi + 1] == sign[i]:
             hi += 1
-        left, right = a[lo:i + 1].max(), a[i:hi + 1].max()
-        if a[i] <= frac * min(left, right):
-            out.append((i, "plateau"))
+        jl, jr = lo + int(np.argmax(a[lo:i + 1])), i + int(np.argmax(a[i:hi + 1]))
+        if a[i] > frac * min(a[jl], a[jr]):
+            continue
+        if evidence is not None and min(a[jl], a[jr]) - a[i] < max(evidence(i, jl), evidence(i, jr)):
+            continue
+        out.append((i, "plateau"))
     return out
 
 
@@ -260,32 +291,44 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
         config: bandwidth, grid and persistence threshold.
         se: optional standard errors of the values (N,); with them, extremes are kept when they differ by more
             than ``config.z`` standard errors (the noise decides), else by more than ``config.min_change`` × the
-            curve's range.
+            curve's range; and a plateau is kept only when the slope on each side exceeds its own by ``config.z``
+            standard errors of the smoothed slopes' difference (the smoother is linear, so these are exact).
 
     Returns:
         Stages.
     """
-    grid_steps, y = smooth_log_curve(steps, values, config.bandwidth, config.grid_points)
+    v = np.asarray(values, dtype=float)
+    grid_steps, weights, ok = _smoother(steps, v, config.bandwidth, config.grid_points)
+    y = weights @ v[ok]
     gx = np.log1p(grid_steps)
+    dweights = np.gradient(weights, gx, axis=0)  # slope over ln(1 + step) = dweights @ values
+    slope = dweights @ v[ok]
     # Only where a checkpoint lies within a bandwidth: elsewhere (e.g. between steps 0 and 10 on a log axis) the
     # smoothed curve is an interpolation, and its slope says nothing.
-    x = np.log1p(np.asarray(steps, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
+    x = np.log1p(np.asarray(steps, dtype=float)[ok])
     seen = np.abs(gx[:, None] - x[None, :]).min(1) <= config.bandwidth
-    ext = sorted(_extremes(y) + _plateaus(y, gx, config.plateau, seen))
+    slope_se = np.full(len(y), np.nan)
+    evidence = None
     if se is not None:
         s, e = np.asarray(steps, dtype=float), np.asarray(se, dtype=float)
-        ok = np.isfinite(s) & np.isfinite(e) & np.isfinite(np.asarray(values, dtype=float))
-        order = np.argsort(s[ok])
+        good = np.isfinite(s) & np.isfinite(e) & np.isfinite(v)
+        order = np.argsort(s[good])
         # The standard error of the curve at each grid point, interpolated between checkpoints on ln(1 + step).
-        se_grid = np.interp(np.log1p(grid_steps), np.log1p(s[ok][order]), e[ok][order])
+        se_grid = np.interp(np.log1p(grid_steps), np.log1p(s[good][order]), e[good][order])
+        var = np.where(np.isfinite(e[ok]), e[ok], np.interp(x, np.log1p(s[good][order]), e[good][order])) ** 2
+        slope_se = np.sqrt(dweights ** 2 @ var)
 
         def tol(i: int, j: int) -> float:
             return config.z * math.hypot(se_grid[i], se_grid[j])
+
+        def evidence(i: int, j: int) -> float:
+            return config.z * math.sqrt(float((dweights[j] - dweights[i]) ** 2 @ var))
     else:
         flat = config.min_change * float(y.max() - y.min())
 
         def tol(i: int, j: int) -> float:
             return flat
+    ext = sorted(_extremes(y) + _plateaus(slope, config.plateau, seen, evidence))
     # Persistence simplification over the sequence start, extremes…, end.
     pts = [(0, "end")] + ext + [(len(y) - 1, "end")]
     while len(pts) > 2:
@@ -302,11 +345,11 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
         else:
             del pts[i:i + 2]
     cps = tuple(CriticalPoint(float(grid_steps[j]), k, float(y[j])) for j, k in pts[1:-1])
-    slope = np.abs(np.gradient(y, gx))
+    aslope = np.abs(slope)
     cuts = [j for j, _ in pts]
     transitions = []
     for a, b in zip(cuts, cuts[1:]):
-        seg = np.where(seen[a:b + 1], slope[a:b + 1], np.nan)
+        seg = np.where(seen[a:b + 1], aslope[a:b + 1], np.nan)
         if np.isnan(seg).all():
             transitions.append(float("nan"))
             continue
@@ -315,7 +358,9 @@ def detect_stages(steps: Sequence[float], values: Sequence[float], config: Stage
         transitions.append(float(grid_steps[a + peak]) if burst else float("nan"))
     transitions = tuple(transitions)
     return Stages(float(grid_steps[0]), float(grid_steps[-1]), cps, config.bandwidth,
-                  tuple(map(float, grid_steps)), tuple(map(float, y)), transitions)
+                  tuple(map(float, grid_steps)), tuple(map(float, y)), transitions,
+                  slope=tuple(map(float, slope)), slope_se=tuple(map(float, slope_se)),
+                  seen=tuple(map(bool, seen)))
 
 
 def curve_stages(results: pd.DataFrame, *, component: str = "all", data: str = "pretrain", measure: str = "llc",
@@ -419,6 +464,80 @@ def steepest_rise(steps: Sequence[float], values: Sequence[float], bandwidth: fl
     """The step where a curve (e.g. an induction score) rises fastest per unit ln(1 + step), after smoothing."""
     gs, y = smooth_log_curve(steps, values, bandwidth)
     return float(gs[int(np.argmax(np.gradient(y, np.log1p(gs))))])
+
+
+@dataclass(frozen=True)
+class SlopePoint:
+    """The smoothed curve's slope per unit ln(1 + step) at `step`, ± `se` (NaN without standard errors)."""
+
+    step: float
+    slope: float
+    se: float
+
+    def __str__(self) -> str:
+        err = "" if math.isnan(self.se) else f" ± {self.se:.2g}"
+        return f"{self.slope:.3g}{err} at step {self.step:.0f}"
+
+
+@dataclass(frozen=True)
+class FlankSlopes:
+    """Why a stage has, or lacks, boundaries close to an event: the slope of the smoothed curve around it.
+
+    Attributes:
+        peak: the steepest |slope| of the stage that holds the event (its transition, if a burst).
+        before, after: the flattest |slope| between the stage's start (end) and the peak — where a plateau
+            boundary would sit — or None when the stage has no grid point there.
+        outer_before, outer_after: the steepest |slope| farther out than `before` (`after`) inside the stage: a
+            plateau needs it to be at least 1/`StageConfig.plateau` times the flattest (a rise on both sides).
+        plateau: `StageConfig.plateau` of the detection.
+    """
+
+    peak: SlopePoint
+    before: SlopePoint | None
+    outer_before: SlopePoint | None
+    after: SlopePoint | None
+    outer_after: SlopePoint | None
+    plateau: float
+
+    def sentence(self) -> str:
+        """One line for a finding's evidence."""
+        def side(name: str, flat: SlopePoint | None, outer: SlopePoint | None, where: str) -> str:
+            if flat is None:
+                return f"no checkpoint {name} it"
+            far = (f"steepest farther {where} {outer}" if outer is not None and outer.step != flat.step
+                   else f"none steeper farther {where}")
+            return f"flattest {name} it {flat} ({far})"
+        return (f"slope of the smoothed curve per ln step: peak {self.peak}; "
+                f"{side('before', self.before, self.outer_before, 'out')}; "
+                f"{side('after', self.after, self.outer_after, 'out')} — a plateau boundary needs a flattest point "
+                f"at most {self.plateau:g} × a steeper stretch on each side of it")
+
+
+def flank_slopes(stages: Stages, step: float, plateau: float = StageConfig.plateau) -> FlankSlopes:
+    """The slope profile of `stages`' smoothed curve in the stage holding `step` (see `FlankSlopes`)."""
+    gs = np.asarray(stages.grid_steps)
+    sl = np.abs(np.asarray(stages.slope))
+    se = np.asarray(stages.slope_se) if stages.slope_se else np.full(len(gs), np.nan)
+    seen = np.asarray(stages.seen) if stages.seen else np.ones(len(gs), dtype=bool)
+    e = stages.edges
+    k = max(i for i in range(len(e) - 1) if e[i] <= step or i == 0)
+    lo, hi = int(np.searchsorted(gs, e[k])), int(np.searchsorted(gs, e[k + 1], side="right"))
+    idx = np.arange(lo, hi)
+    idx = idx[seen[idx]]
+
+    def at(i: int) -> SlopePoint:
+        return SlopePoint(float(gs[i]), float(stages.slope[i]), float(se[i]))
+
+    peak = int(idx[np.argmax(sl[idx])])
+    left, right = idx[idx < peak], idx[idx > peak]
+    before = int(left[np.argmin(sl[left])]) if len(left) else None
+    after = int(right[np.argmin(sl[right])]) if len(right) else None
+    ob = left[left <= before] if before is not None else left[:0]
+    oa = right[right >= after] if after is not None else right[:0]
+    return FlankSlopes(at(peak), at(before) if before is not None else None,
+                       at(int(ob[np.argmax(sl[ob])])) if len(ob) else None,
+                       at(after) if after is not None else None,
+                       at(int(oa[np.argmax(sl[oa])])) if len(oa) else None, plateau)
 
 
 @dataclass(frozen=True)
