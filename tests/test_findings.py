@@ -95,6 +95,12 @@ def test_sampler_bias_against_stored_paper_settings():
     b = sampler_bias(pd.DataFrame(rows), {"demo": demo, "paper": paper}, "demo")
     assert len(b) == 2 and b.set_index("component").ratio["0:0"] == pytest.approx(2.0 / 2.2)
     assert sampler_bias(pd.DataFrame(rows), {"demo": demo}, "demo").empty
+    # A paired paper-settings reference is preferred to an unpaired one (whose 16-batch L(w*) error every chain of
+    # a checkpoint shares), not averaged with it.
+    paired = {"sampler": {**paper["sampler"], "paired": True}, "n_samples": 512}
+    both = rows + _llc_rows({("0:0", "pretrain"): 1.9, ("all", "pretrain"): 40.0}, h="paired")
+    b2 = sampler_bias(pd.DataFrame(both), {"demo": demo, "paper": paper, "paired": paired}, "demo")
+    assert b2.set_index("component").ratio["0:0"] == pytest.approx(2.0 / 1.9)
     line = sampler_description(demo)
     assert "draws 20 (paper 200)" in line and "burn_in 30 (paper 0)" in line and "paired" in line
 

@@ -218,6 +218,10 @@ def sampler_bias(llc_all: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]]
     paper = [h for h, c in configs.items() if h != primary and _is_paper(c)]
     if not paper:
         return pd.DataFrame(columns=cols)
+    # Paired paper-settings rows when there are any: the unpaired estimator's 16-batch L(w*) error is shared by
+    # every chain and component of a checkpoint, so its chain spread understates its error.
+    paired = [h for h in paper if configs[h].get("sampler", {}).get("paired")]
+    paper = paired or paper
     ok = llc_all.valid.astype(bool) if "valid" in llc_all else True
     a = llc_all[(llc_all.config_hash == primary) & ok]
     b = llc_all[llc_all.config_hash.isin(paper) & ok]
@@ -255,6 +259,16 @@ class RunFindings:
         out = [f"sampler: {self.sampler}", f"sampler bias: {self.bias_line}"]
         out += [f"finding {i}. {f.title}: {f.verdict.upper()} — {f.evidence}" for i, f in enumerate(self.findings, 1)]
         return out
+
+
+def rerun_command(run_dir: Any, n_samples: int = 512) -> str:
+    """The command that reruns a run's LLC sweep at the paper's sampler (see `RERUN_NOTE`)."""
+    return f"rllc sweep {run_dir} --components heads,all --data pretrain,code --n-samples {n_samples}"
+
+
+RERUN_NOTE = ("the sweep's defaults: the paper's 4 chains × 200 draws × batch 32, with paired differences; add "
+              "--no-paired for the paper's estimator exactly, whose 16-batch L(w*) adds one error shared by every λ̂ "
+              "of a checkpoint")
 
 
 NOT_MEASURED = ("not measured in this run; `rllc demo --preset long` stores a check against the paper's settings "
@@ -328,5 +342,6 @@ def evaluate_run(run_dir: Any) -> RunFindings:
 
 
 __all__: Sequence[str] = ["Finding", "PAPER_SAMPLER", "RunFindings", "VERDICTS", "bias_sentence",
-                          "differentiation", "evaluate", "evaluate_run", "hessian_vs_llc", "multigram_circuit", "sampler_bias", "sampler_description",
-                          "specialisation", "stages_vs_induction"]
+                          "differentiation", "evaluate", "evaluate_run", "hessian_vs_llc", "multigram_circuit",
+                          "RERUN_NOTE", "rerun_command", "sampler_bias", "sampler_description", "specialisation",
+                          "stages_vs_induction"]

@@ -320,15 +320,15 @@ def _run_section(doc: _Doc, r: _RunData, *, prefix: str, multi: bool) -> Section
 
 def _findings(doc: _Doc, r: _RunData) -> list[str]:
     """The sampler used (and its measured bias against the paper's), then the paper's findings, numbered."""
-    from rllc.analysis.findings import evaluate
+    from rllc.analysis.findings import RERUN_NOTE, evaluate, rerun_command
 
     ck = sorted(r.run.steps) if r.run is not None else sorted(set(r.results.step))
     found = evaluate(r.results, r.configs, r.llc_hash, stages=r.stages, types=r.types,
                      assignments={layer: cr.assignment() for layer, cr in r.cluster_results.items()},
                      train_data=r.run.config.train.data if r.run is not None else "", checkpoint_steps=ck)
+    n = (r.configs.get(r.llc_hash) or {}).get("n_samples", 512) if r.llc_hash else 512
     out = [f"<p><b>Sampler.</b> {_e(found.sampler)}. <b>Bias.</b> {_e(found.bias_line)}. To rerun at the paper's "
-           f"settings (the sweep's defaults are the paper's sampler; --no-paired gives its estimator exactly): "
-           f"<code>rllc sweep {_e(r.cmd)} --components heads,all --data pretrain,code --no-paired</code>.</p>"]
+           f"settings: <code>{_e(rerun_command(r.cmd, n))}</code> ({_e(RERUN_NOTE)}).</p>"]
     if len(found.bias):
         out.append(doc.table(found.bias, "This run's sampler against the paper's settings (4 chains × 200 draws, "
                                          "batch 32) on the same checkpoint, component and data: ratio = this run's "
