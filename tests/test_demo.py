@@ -59,8 +59,19 @@ def test_demo_pipeline_on_a_tiny_run(tiny_run, tiny_text, tmp_path, monkeypatch)
     assert {"pretrain", "code", "synthetic.repeat", "prose"} <= set(llc.data)
     assert (store.measure == "hessian_trace").any()
     assert any(line.startswith("sampler: SGLD") and "burn_in 2 (paper 0)" in line for line in res.summary)
+    assert any(line.startswith(f"rerun at the paper's sampler: rllc sweep {out} ") and "--n-samples 16" in line
+               for line in res.summary)
     for i, title in enumerate(("Differentiation", "Specialisation", "Stages vs induction", "Multigram circuit",
                                "Hessian trace vs LLC"), 1):
         line = next(x for x in res.summary if x.startswith(f"finding {i}. {title}"))
         assert any(v in line for v in ("REPRODUCED", "NOT REPRODUCED", "NOT APPLICABLE")), line
     assert "Findings" in (out / "report.html").read_text()
+
+
+def test_sampler_check_steps_before_at_and_after_the_induction_rise():
+    from rllc.workflows import sampler_check_steps
+
+    demo_heads = [0, 10, 20, 40, 60, 100, 220, 480, 720, 1080, 2300, 5000]  # the demo's log:12 head checkpoints
+    assert sampler_check_steps(demo_heads) == [480, 2300, 5000]
+    assert sampler_check_steps([0, 5, 10]) == [0, 5, 10]
+    assert sampler_check_steps([0, 100]) == [0, 100]  # fewer checkpoints than 3: each once
