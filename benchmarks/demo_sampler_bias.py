@@ -35,6 +35,7 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "demo": (dict(chains=4, draws=20, batch_size=8, burn_in=30, paired=True), "the demo's before this check"),
     "demo_b32": (dict(chains=4, draws=20, batch_size=32, burn_in=30, paired=True), "demo with the paper's batch"),
     "demo_unpaired": (dict(chains=4, draws=20, batch_size=8, burn_in=30, paired=False), "demo, unpaired"),
+    "b50d20": (dict(chains=4, draws=20, batch_size=8, burn_in=50, paired=True), "demo with 50 burn-in steps"),
     "d200_b8": (dict(chains=4, draws=200, batch_size=8, burn_in=0, paired=True), "paper's draws, batch 8, paired"),
     "d200_b8_unpaired": (dict(chains=4, draws=200, batch_size=8, burn_in=0, paired=False),
                          "paper's draws at batch 8 (the batch effect alone)"),
@@ -85,21 +86,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--components", default="0:0,1:0,1:2", help="components (default: heads 0:0,1:0,1:2)")
     p.add_argument("--steps", help="checkpoints (default: the demo's sampler-check steps, "
                    "`rllc.workflows.sampler_check_steps`: 480,2300,5000 on the 5,000-step demo)")
-    p.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help=f"comma list of {', '.join(SETTINGS)} (without 'paper', the stored reference is only read)")
     p.add_argument("--windows", default=DEFAULT_WINDOWS,
                    help="burn-in:draws windows re-read from the unpaired settings' stored traces")
     p.add_argument("--data", default="pretrain")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 1 on a crowded machine)")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: tabulate what is stored")
     p.add_argument("--list", action="store_true", help="list the settings and exit")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.list:
         for k, (s, why) in SETTINGS.items():
             print(f"{k:18s} {why}: {s}")
         return 0
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
-    if unknown or "paper" not in names:
-        print(f"error: unknown settings {unknown} (need 'paper' too); --list shows them", file=sys.stderr)
+    if unknown:
+        print(f"error: unknown settings {unknown}; --list shows them", file=sys.stderr)
         return 2
+    if "paper" not in names:  # the reference is always tabulated; computed only when asked for
+        names = ["paper", *names]
+        skip_compute = {"paper"}
+    else:
+        skip_compute = set()
     if args.steps:
         steps = [int(s) for s in args.steps.split(",")]
     else:
@@ -113,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     wall: dict[tuple[str, int], float] = {}
     for name in names:
+        if name in skip_compute:
+            continue
         cfg = sweep_config(name, n)
         for st in steps:
             plan = plan_sweep(args.run, components=args.components, data=args.data, steps=[st], config=cfg)
-            if plan.pending:
+            if plan.pending and not args.report_only:
                 t0 = time.perf_counter()
                 run_plan(plan, progress=False)
                 wall[name, st] = time.perf_counter() - t0
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     comps = args.components.split(",")
     wins = [tuple(map(int, w.split(":"))) for w in args.windows.split(",") if w]
-    cols = [(nm, None) for nm in names if nm != "paper"] + [
+    cols = [(nm, None) for nm in names] + [
         (nm, w) for nm in names if not SETTINGS[nm][0]["paired"] for w in wins]
     print("\nL(w*) at each checkpoint: exact (all n windows) vs the unpaired estimator's 16-batch estimate, whose "
           "error nβ·(L̂ − L) every chain and component of that checkpoint shares (invisible in the chains' spread)")
@@ -161,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                 r = next((row(name, c, st) for c in comps if row(name, c, st) is not None), None)
                 if r is not None:
                     inits[SETTINGS[name][0]["batch_size"]] = r.extra["init_loss"]
-        parts = [f"batch {b}: L̂ {v:.4f} (nβ·error {NBETA * (v - float(exact[st])):+.2f})" for b, v in sorted(inits.items())]
-        print(f"  step {st}: L_n(w*) = {float(exact[st]):.4f} (per-window std {exact[st].std:.3f}: a 16-batch estimate "
-              f"at batch 32 carries ± {NBETA * exact[st].std / math.sqrt(16 * 32):.2f} in λ̂, at batch 8 "
+        parts = [f"batch {b}: L̂ {v:.4f} (nβ·error {NBETA * (v - float(exact[st])):+.2f})"
+                 for b, v in sorted(inits.items())]
+        print(f"  step {st}: L_n(w*) = {float(exact[st]):.4f} (per-window std {exact[st].std:.3f}: a 16-batch "
+              f"estimate at batch 32 carries ± {NBETA * exact[st].std / math.sqrt(16 * 32):.2f} in λ̂, at batch 8 "
               f"± {NBETA * exact[st].std / math.sqrt(16 * 8):.2f}); " + "; ".join(parts))
-    print("\nreference: the paper's sampler (4 chains × 200 draws × batch 32) with the exact L_n(w*) (the paper's "
-          "estimator's expectation); ratio to it ± s.e. of the ratio. Unpaired settings are read against the exact "
-          "L_n(w*) too; 'paper as run' is the paper's estimator with its own 16-batch L̂(w*).")
+    print("\nreference: the paper's sampler (4 chains × 200 draws × batch 32) with paired differences where computed "
+          "(d200_b32_paired: the same chains, the loss at w* on each draw's minibatch), else with the exact L_n(w*) "
+          "— both the paper's estimator's expectation; ratio to it ± s.e. of the ratio. Unpaired settings are read "
+          "against the exact L_n(w*) too; 'paper as run' is the paper's estimator with its own 16-batch L̂(w*).")
     header = ["component", "step", "reference", "paper as run"] + [
         nm if w is None else f"{nm}[{w[0]}:{w[0] + w[1]}]" for nm, w in cols]
     print("  ".join(f"{h:>15s}" for h in header))
@@ -177,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             ref_row = row("paper", comp, st)
             if ref_row is None:
                 continue
-            ref, ref_se = est("paper", ref_row, st)
+            pair_row = row("d200_b32_paired", comp, st) if "d200_b32_paired" in names else None
+            ref, ref_se = est("d200_b32_paired", pair_row, st) if pair_row is not None else est("paper", ref_row, st)
             as_run = float(ref_row.value)
-            cells = [comp, str(st), f"{ref:.3f}±{ref_se:.3f}", f"{as_run / ref:.2f}"]
+            cells = [comp, str(st), f"{ref:.3f}±{ref_se:.3f}" + ("p" if pair_row is not None else "x"),
+                     f"{as_run / ref:.2f}"]
             for nm, w in cols:
                 r = row(nm, comp, st)
                 v = None if r is None else est(nm, r, st, w)
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratios.setdefault(header[len(cells)], []).append(q)
                 cells.append(f"{q:.2f}±{q_se:.2f}")
             print("  ".join(f"{c:>15s}" for c in cells))
+    print("(reference suffix: p = paired paper sampler, x = paper sampler with the exact L_n(w*); the 'paper' column "
+          "is the latter)")
     print("\nmean ratio per setting over the table (worst |1 − ratio|):")
     for k, v in ratios.items():
         print(f"  {k:24s} {np.mean(v):.2f} (worst {max(abs(1 - x) for x in v):.2f}, {len(v)} estimates)")

@@ -22,7 +22,7 @@ def test_demo_end_to_end_then_resumes_without_recomputing(tmp_path):
     assert (store.measure == "hessian_trace").any()
     assert any(line.startswith("stages of the full-model LLC: boundaries at") for line in first.summary)
     assert any("induction score rises most steeply at step" in line for line in first.summary)
-    assert any(line.startswith("sampler: SGLD") and "burn_in 30 (paper 0)" in line for line in first.summary)
+    assert any(line.startswith("sampler: SGLD") and "burn_in 50 (paper 0)" in line for line in first.summary)
     for i, title in enumerate(("Differentiation", "Specialisation", "Stages vs induction", "Multigram circuit",
                                "Hessian trace vs LLC"), 1):
         line = next(x for x in first.summary if x.startswith(f"finding {i}. {title}"))

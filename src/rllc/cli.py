@@ -346,16 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ablations, composition, head types); find the developmental stages of the LLC "
                                    "and time the induction heads' formation against them; write figures and one "
                                    "HTML report that opens with the sampler, its bias against the paper's and the "
-                                   "paper's findings with verdicts. About 9 minutes on 2 idle cores (measured 543 s); "
+                                   "paper's findings with verdicts. About 11–12 minutes on 2 idle cores (543 s "
+                                   "measured with 30 burn-in steps; ≤ 690 s extrapolated with the 50 now); "
                                    "interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--preset", default="default", choices=["default", "long"],
-                   help="default: the demo sampler (the paper's ε, nβ, γ, 4 chains; 20 draws of batch 8 after 30 "
+                   help="default: the demo sampler (the paper's ε, nβ, γ, 4 chains; 20 draws of batch 8 after 50 "
                         "burn-in steps, paired); long: also re-estimates every head and the full model at 3 "
-                        "checkpoints with the paper's sampler (4 x 200 draws, batch 32) so the report shows the "
-                        "demo sampler's measured bias")
+                        "checkpoints with the paper's sampler (4 x 200 draws, batch 32, paired) so the report "
+                        "shows the demo sampler's measured bias")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

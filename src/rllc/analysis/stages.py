@@ -10,7 +10,8 @@ removed by persistence: while two neighbouring extremes differ by less than a to
 tolerance is `z` standard errors of their difference when the curve's standard errors are known (an LLC curve's:
 chain spread / sqrt(chains)), else `min_change` × the smoothed curve's range. With standard errors a plateau also
 needs the slope on each side to exceed its own by `z` standard errors of that difference (the smoother is linear
-in the values, so the slopes' errors are exact): without that test a fine bandwidth finds "plateaus" in noise. The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
+in the values, so the slopes' errors are exact): without that test a fine bandwidth finds "plateaus" in noise.
+The stages are the intervals between consecutive boundaries (and the first and last checkpoints);
 within each the smoothed LLC rises or falls, and its *transition*, if it has one, is the step where it changes
 fastest (the steepest slope over ln step inside the stage, kept when it is at least `burst` times the stage's
 median slope) — a developmental event that need not be a critical point, e.g. the LLC's jump while induction heads
@@ -523,7 +524,7 @@ def flank_slopes(stages: Stages, step: float, plateau: float = StageConfig.plate
     k = max(i for i in range(len(e) - 1) if e[i] <= step or i == 0)
     lo, hi = int(np.searchsorted(gs, e[k])), int(np.searchsorted(gs, e[k + 1], side="right"))
     idx = np.arange(lo, hi)
-    idx = idx[seen[idx]]
+    idx = idx[seen[idx]] if seen[idx].any() else (idx if len(idx) else np.arange(len(gs)))
 
     def at(i: int) -> SlopePoint:
         return SlopePoint(float(gs[i]), float(stages.slope[i]), float(se[i]))
