@@ -29,7 +29,7 @@ class Diagnostics:
             trace, at most half the draws; White 1997).
         bias: nβ × (mean of all draws − mean of the second half), averaged over surviving chains: when the trace
             is still rising (``converged`` False) an estimate of how far λ̂ sits below the level the chains were
-            reaching; ``bias_se`` its standard error across chains.
+            reaching (positive: still falling, λ̂ above it); ``bias_se`` its standard error across chains.
         diverged: indices of chains that diverged (stopped early).
         diverged_at: the step at which each of those chains diverged.
         converged: False when the late-trace drift is significant across chains and larger than 5% of |λ̂|.
@@ -217,8 +217,9 @@ def diagnose(
         bias = float(d.mean())
         bias_se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else float("nan")
         if not converged:
-            messages.append(f"λ̂ is probably low by about {-bias:.3g} (± {bias_se:.2g}): the second half of the draws "
-                            f"averages that much higher; the traces suggest a burn-in of {burn} draws")
+            way = ("low", "higher") if bias <= 0 else ("high", "lower")
+            messages.append(f"λ̂ is probably {way[0]} by about {abs(bias):.3g} (± {bias_se:.2g}): the second half of the "
+                            f"draws averages that much {way[1]}; the traces suggest a burn-in of {burn} draws")
     if np.isfinite(r) and r > 1.01 and converged:
         messages.append(f"split-R-hat {r:.3f} > 1.01: the chains disagree; run longer or more chains")
     if dead.size:
