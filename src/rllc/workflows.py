@@ -24,10 +24,10 @@ class DemoResult:
 
 
 # The demo's sampler: the paper's ε, nβ, γ and 4 chains, but 20 draws of batch 8 after 50 burn-in steps, with
-# paired differences. Measured against the paper's sampler (200 draws of batch 32, read without its shared 16-batch
-# L(w*) error) on heads 0:0, 1:0, 1:2 at steps 480, 2,300 and 5,000 (benchmarks/demo_sampler_bias.py; README "Main
-# command"): 30 burn-in steps read up to 1.51× at step 480 (the chains still falling from w*), 50 bring every
-# estimate to within the measurement's error of 10%; batch 32 instead of 8 changes nothing measurable.
+# paired differences. Measured against the paper's sampler (200 draws of batch 32, paired: without its shared
+# 16-batch L(w*) error) on heads 0:0, 1:0, 1:2 at steps 480, 2,300 and 5,000 (benchmarks/demo_sampler_bias.py;
+# README "Main command"): 30 burn-in steps read up to 1.51× at step 480 (the chains still falling from w*); 50
+# bring 8 of the 9 within 10% and the ninth to 1.11 ± 0.06; batch 32 instead of 8 changes nothing measurable.
 DEMO_SAMPLER = dict(burn_in=50)
 # Specialisation (§4.2): per-head drLLC at the last checkpoints on data richer (repeated spans) and poorer (prose
 # only) in the induction pattern than the pre-training mixture, which is half repeated spans.

@@ -276,9 +276,10 @@ NOT_MEASURED = ("not measured in this run; `rllc demo --preset long` stores a ch
 # The demo sampler's bias measured in development (README "Main command"): its settings, and the sentence.
 DEMO_SAMPLER_SETTINGS = {"chains": 4, "draws": 20, "burn_in": 50, "batch_size": 8}
 DEMO_MEASURED = ("not measured in this run; for this sampler on a seed-0 demo run (benchmarks/demo_sampler_bias.py, "
-                 "against the paper's sampler read without its shared 16-batch L(w*) error), heads 0:0 / 1:0 / 1:2 "
-                 "read 1.00 / 0.94 / 1.07 of it at step 480 (s.e. ≤ 0.18), 1.02 / 1.12 / 1.04 at 5,000 (s.e. ≤ 0.09) "
-                 "and 1.04 / 1.35 / 1.42 at 2,300 (s.e. 0.2–0.8: not resolved); the full model was not measured; "
+                 "against the paper's sampler with paired differences, i.e. without its shared 16-batch L(w*) "
+                 "error), heads 0:0 / 1:0 / 1:2 "
+                 "read 1.00 / 0.94 / 1.07 of it at step 480, 0.92 / 0.99 / 1.05 at 2,300 and 1.00 / 1.11 / 1.02 at "
+                 "5,000 (s.e. ≤ 0.18; 8 of 9 within 10%); the full model was not measured; "
                  "`rllc demo --preset long` measures it on this run")
 
 
