@@ -43,7 +43,7 @@ def main() -> None:
     n_ctx = data.shape[1]
     per = max(1, args.probe_tokens // n_ctx)
     probes = {f"p{i}": run.sample_tokens(n=per, seed=100 + i) for i in range(args.probes)}
-    variants = {"full": [None], "heads": heads(model)}
+    variants = {"full": [None], "heads": heads(model.cfg)}
     if args.only:
         variants = {args.only: variants[args.only]}
     times: dict[tuple[str, bool], list[float]] = {(v, o): [] for v in variants for o in (False, True)}

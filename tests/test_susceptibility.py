@@ -193,7 +193,8 @@ def test_batched_probe_evaluation_equals_the_loop(paired):
     model = _transformer()
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 37, (40, 12), generator=g)
-    probes = {"a": torch.randint(0, 37, (3, 12), generator=g), "b": torch.randint(0, 37, (2, 12), generator=g)}
+    probes = {"a": torch.randint(0, 37, (3, 12), generator=g), "b": torch.randint(0, 37, (2, 12), generator=g),
+              "short": torch.randint(0, 37, (2, 7), generator=g)}  # a and b share one forward, short has its own
     kw = dict(chains=3, draws=4, batch_size=4, seed=2, paired=paired)
     comps = ["0:1", "layer:1", None]
     obs = dict(probes=probes, cross=["a"], minibatch=True)

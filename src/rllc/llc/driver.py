@@ -96,6 +96,15 @@ class _Observer:
                                 "one loss per sample, shape (B, ...)")
             self.shapes[name] = tuple(v.shape)
             self.at_anchor[name] = v.double().cpu().reshape(-1).numpy()
+        # Token probes of one context length go through the stacked forward as one batch (one forward per
+        # draw, not one per probe); other data one probe at a time.
+        self.batches: list[tuple[list[str], Any]] = [([name], b) for name, b in self.data.items()]
+        if isinstance(self.eval, probe_eval.StackedEval):
+            by_len: dict[int, list[str]] = {}
+            for name, b in self.data.items():
+                by_len.setdefault(b.shape[1], []).append(name)
+            self.batches = [(names, torch.cat([self.data[n] for n in names]) if len(names) > 1
+                             else self.data[names[0]]) for names in by_len.values()]
         Q, C = len(layouts), chains
         self.cross_names = obs.cross_names()
         self.phi = [Moments(C, 0) for _ in range(Q)]
@@ -135,30 +144,47 @@ class _Observer:
         phi = losses - (star[None, :] if star is not None else self.init_loss)
         phi = np.where(alive, phi, np.nan)  # (Q, C)
         w = self._stack(positions)
-        for name, batch in self.data.items():
-            v = self._probe_values(w, batch).reshape(Q, C, -1)  # (Q, C, N)
-            v[~alive] = np.nan
-            for q in range(Q):
-                self.moments[q][name].update(v[q], phi[q])
-                if name in self.cross[q]:
-                    x = v[q] if self.obs.cross_level == "token" else v[q].reshape(C, self.shapes[name][0], -1).mean(-1)
-                    self.cross[q][name].update(x)
+        for names, batch in self.batches:
+            values = self._probe_values(w, batch)  # (Q·C, n, ...): the probes of one batch, sample-concatenated
+            at = 0
+            for name in names:
+                n = self.shapes[name][0]
+                v = values[:, at:at + n].reshape(Q, C, -1)  # (Q, C, N)
+                at += n
+                v[~alive] = np.nan
+                self._update(name, v, phi)
         for q in range(Q):
             self.phi[q].update(np.zeros((C, 0)), phi[q])
-        if self.mb is not None:
-            b = self.source.full() if idx is None else self.source._take(idx)  # (C, B, ...) or the full batch
-            if idx is None:
-                v = self.eval.values(w, b)
-            else:
-                from torch.utils._pytree import tree_map
+        self._minibatch(w, idx, phi, alive)
 
-                rep = tree_map(lambda t: t.unsqueeze(0).expand(Q, *t.shape).reshape(Q * C, *t.shape[1:])
-                               if isinstance(t, torch.Tensor) else t, b)
-                v = self.eval.values(w, rep, per_chain_batch=True)
-            m = v.double().cpu().reshape(Q, C, -1).mean(-1).numpy()
-            m[~alive] = np.nan
-            for q in range(Q):
-                self.mb[q].update(m[q][:, None], phi[q])
+    def _update(self, name: str, v: np.ndarray, phi: np.ndarray) -> None:
+        """Stream one probe's values v (Q, C, N) and φ (Q, C) into its moments (and cross-moments)."""
+        Q, C = phi.shape
+        for q in range(Q):
+            self.moments[q][name].update(v[q], phi[q])
+            if name in self.cross[q]:
+                x = v[q] if self.obs.cross_level == "token" else v[q].reshape(C, self.shapes[name][0], -1).mean(-1)
+                self.cross[q][name].update(x)
+
+    def _minibatch(self, w: dict[str, torch.Tensor], idx: torch.Tensor | None, phi: np.ndarray,
+                   alive: np.ndarray) -> None:
+        """The mean per-sample loss on each chain's own minibatch (``Observe.minibatch``)."""
+        Q, C = alive.shape
+        if self.mb is None:
+            return
+        b = self.source.full() if idx is None else self.source._take(idx)  # (C, B, ...) or the full batch
+        if idx is None:
+            v = self.eval.values(w, b)
+        else:
+            from torch.utils._pytree import tree_map
+
+            rep = tree_map(lambda t: t.unsqueeze(0).expand(Q, *t.shape).reshape(Q * C, *t.shape[1:])
+                           if isinstance(t, torch.Tensor) else t, b)
+            v = self.eval.values(w, rep, per_chain_batch=True)
+        m = v.double().cpu().reshape(Q, C, -1).mean(-1).numpy()
+        m[~alive] = np.nan
+        for q in range(Q):
+            self.mb[q].update(m[q][:, None], phi[q])
 
     def result(self, q: int) -> Observed:
         ph = self.phi[q]

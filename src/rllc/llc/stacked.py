@@ -137,14 +137,29 @@ def stacked_blocks(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, start: 
 
 
 def stacked_unembed_loss(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    """Per-token cross-entropy (N, B, T−1) from the final residuals (N, B, T, D); tokens (N or 1, B, T)."""
+    """Per-token cross-entropy (N, B, T−1) from the final residuals (N, B, T, D); tokens (N or 1, B, T).
+
+    Without gradients (how the observables and the paired losses at w* use it) one weight set's (B·(T−1), V)
+    logits at a time, log-sum-exp in place: the (N, rows, V) stack and log_softmax's V-sized output would cross
+    glibc's mmap ceiling (rllc/_alloc.py) and double the passes over the logits.
+    """
     N, B, T, D = resid.shape
-    V = cfg.d_vocab
-    h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
-    logits = torch.baddbmm(p["unembed.b_U"].view(N, 1, V), h, p["unembed.W_U"])  # (N, B(T−1), V)
-    targets = tokens[:, :, 1:].expand(N, B, T - 1).reshape(N, B * (T - 1))
-    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
-    return nll.view(N, B, T - 1)
+    V, rows = cfg.d_vocab, B * (T - 1)
+    h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, rows, D)
+    targets = tokens[:, :, 1:].expand(N, B, T - 1).reshape(N, rows)
+    W, b = p["unembed.W_U"], p["unembed.b_U"]
+    if torch.is_grad_enabled():
+        logits = torch.baddbmm(b.view(N, 1, V), h, W)  # (N, rows, V)
+        return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none").view(N, B, T - 1)
+    out = torch.empty(N, rows, dtype=h.dtype, device=h.device)
+    at = torch.arange(rows, device=h.device)
+    for n in range(N):
+        logits = torch.addmm(b[n], h[n], W[n])  # (rows, V)
+        picked = logits[at, targets[n]]
+        top = logits.amax(dim=1, keepdim=True)
+        lse = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))  # log Σ exp, in the logits' buffer
+        torch.sub(lse, picked, out=out[n])
+    return out.view(N, B, T - 1)
 
 
 class StackedStrategy:

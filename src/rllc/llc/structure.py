@@ -104,7 +104,7 @@ def susceptibilities(model: nn.Module, data: Any, components: Any = None, *, pro
         model: the model at w* (any model ``estimate_llc`` takes).
         data: the sampling data (the posterior's L_n), as for ``estimate_llc``.
         components: one component (None: the whole model; "1:6"; a union) or a list of them (e.g.
-            ``rllc.heads(model)``).
+            ``rllc.heads(model.cfg)``).
         probes: name → fixed data set (token tensor (n_seq, n_ctx), or any data form).
         sampling: the name of one of ``probes`` holding a sample of the sampling distribution, used as L in
             χ_i = −Cov(φ, ℓ_i − L); None: L = φ + const (``rllc.llc.response``).
