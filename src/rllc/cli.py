@@ -183,6 +183,21 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=_positive_int, help="pool processes or local Ray CPUs (default: all CPUs)")
 
 
+def _add_probe_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("probes (susceptibilities from the same draws)")
+    g.add_argument("--probes", required=required, default=None,
+                   help="probe data sets, comma-separated: code, prose, synthetic.induction, synthetic.repeat, "
+                        "synthetic.dyck, a path, a mixture; each is evaluated at every draw of the chains, giving "
+                        "every component's per-token susceptibility chi_i = -Cov(phi, l_i - L) and LLC contribution "
+                        "to each of its tokens" + ("" if required else
+                                                    " (default: none, a plain sweep)"))
+    g.add_argument("--probe-samples", type=_positive_int, default=8,
+                   help="windows drawn from each probe (default 8: 512 tokens at the cpu preset's n_ctx 64)")
+    g.add_argument("--probe-seed", type=int, default=1, help="seed of the probe windows (default 1)")
+    g.add_argument("--probe-split", default="val", choices=["val", "train"],
+                   help="split the probe windows come from (default val: held out)")
+
+
 def _sampler_overrides(args: argparse.Namespace) -> dict:
     keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed", "paired", "sampler")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -255,8 +270,27 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     result = run_sweep(args.run_dirs, components=args.components, data=args.data, steps=args.steps,
                        n_samples=args.n_samples, executor=args.executor, address=args.address, workers=args.workers,
-                       progress=not args.quiet, **_sampler_overrides(args))
+                       progress=not args.quiet, **_probe_args(args), **_sampler_overrides(args))
     print(result)
+
+
+def _probe_args(args: argparse.Namespace) -> dict:
+    if args.probes is None:
+        return {}
+    return {"probes": args.probes, "probe_samples": args.probe_samples, "probe_seed": args.probe_seed,
+            "probe_split": args.probe_split}
+
+
+def cmd_susceptibility(args: argparse.Namespace) -> None:
+    from rllc.sweep.susceptibility import run_susceptibility
+
+    result = run_susceptibility(args.run_dirs, components=args.components, data=args.data, steps=args.steps,
+                                n_samples=args.n_samples, executor=args.executor, address=args.address,
+                                workers=args.workers, progress=not args.quiet, **_probe_args(args),
+                                **_sampler_overrides(args))
+    print(result)
+    print(f"per-token arrays: {Path(args.run_dirs[0]) / 'arrays' / 'susceptibility'}; `rllc report "
+          f"{args.run_dirs[0]}` draws the response matrix and the attributions")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -465,10 +499,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data sets, comma-separated: pretrain, code, prose, synthetic.dyck, a path, or "
                         "model:RUN_DIR@STEP (a reference model's predictions as soft targets); default pretrain")
     p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
+    _add_probe_args(p, required=False)
     _add_executor_args(p)
     _add_sampler_args(p)
     p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("susceptibility", help="per-token susceptibilities of heads to probe data over training",
+                       description="At every checkpoint x component x sampling data set, sample the component's "
+                                   "local posterior by SGLD (as `rllc sweep`) and evaluate every probe data set at "
+                                   "every draw: the susceptibility of the component to each probe token, chi_i = "
+                                   "-Cov(phi, l_i - L) with phi the component's loss shift on the sampling data "
+                                   "(Baker et al. 2025; the exact formula and sign in rllc.llc.response), its "
+                                   "mean per probe with a standard error over chains, and the per-token LLC "
+                                   "contributions nbeta(E[l_i] - l_i(w*)). The rLLC of each component comes from "
+                                   "the same chains and is stored as `rllc sweep` stores it. Summaries go to "
+                                   "RUN_DIR/results.sqlite, per-token arrays to RUN_DIR/arrays/ (safetensors); "
+                                   "re-running computes only what is missing. `rllc report` then draws the "
+                                   "response matrix (heads x probes) over training and the attributions in "
+                                   "context.")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--components", default="heads",
+                   help="'heads' (default: every head), 'all', 'layer:0', 'l:h', 'a+b'; comma-separated")
+    p.add_argument("--data", default="pretrain",
+                   help="sampling data sets (the posterior's L_n), as for `rllc sweep` (default pretrain)")
+    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
+    _add_probe_args(p, required=True)
+    _add_executor_args(p)
+    _add_sampler_args(p)
+    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
+    p.set_defaults(func=cmd_susceptibility)
 
     p = sub.add_parser("plot", help="draw the stored LLC curves (per head, per data set, full model)",
                        description="Write PNGs of the stored LLC curves: per-head wrLLC over training (one panel "

@@ -360,9 +360,13 @@ class SyntheticDataset(Dataset):
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Return ``batch_size`` samples drawn uniformly with replacement; int64 (B, n_ctx)."""
+        return self.sample_labelled(batch_size, generator).tokens
+
+    def sample_labelled(self, batch_size: int, generator: torch.Generator) -> SyntheticBatch:
+        """The samples ``sample_batch`` draws with the same generator state, with their Pattern labels."""
         _check_batch_size(batch_size)
         idx = torch.randint(self.length, (batch_size,), generator=generator).tolist()
-        return self.batch(idx).tokens
+        return self.batch(idx)
 
 
 class MixtureDataset(Dataset):

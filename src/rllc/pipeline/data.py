@@ -142,6 +142,19 @@ def resolve_data(run, spec: str, n_samples: int, *, seed: int = 0,  # noqa: ANN0
     return run.sample_tokens(spec, n_samples, split=split, seed=seed), next_token_loss
 
 
+def probe_labels(run, spec: str, n_samples: int, *, seed: int = 0, split: str = "train"):  # noqa: ANN001, ANN201
+    """The Pattern labels (n_samples, n_ctx) int32 of the windows `resolve_data(run, spec, n_samples, seed=seed,
+    split=split)` returns, for a spec of one synthetic family ("synthetic.induction"); None for any other data."""
+    from rllc.data.dataset import SyntheticDataset
+
+    if is_model_spec(spec):
+        return None
+    ds = run.dataset(spec, split=split)
+    if not isinstance(ds, SyntheticDataset):
+        return None
+    return ds.sample_labelled(n_samples, torch.Generator().manual_seed(seed)).labels.numpy()
+
+
 # ------------------------------------------------------------------------------------------------ data keys
 
 

@@ -326,9 +326,13 @@ def run_plan(plan: Plan, executor: Any = None, *, progress: bool = True,
     finally:
         if bar is not None:
             bar.close()
-    hashes = sorted({t.config_hash for t in plan.tasks})
-    measures = sorted({m for t in plan.tasks for c in t.components for m in measure(t.family).writes(c)})
-    tab = table(plan) if table is not None else summary_table(run_dirs, measures, hashes)
+    # The settings of the result are those of each job's first row (a susceptibility job's rLLC row is keyed by
+    # the plain sweep's hash, so a sweep given probes reports the sweep's settings); the table shows every row.
+    jobs = plan.jobs
+    hashes = sorted({j.key()[4] for j in jobs})
+    keys = {k for j in jobs for k in j.keys()}
+    measures, all_hashes = sorted({k[3] for k in keys}), sorted({k[4] for k in keys})
+    tab = table(plan) if table is not None else summary_table(run_dirs, measures, all_hashes)
     return RunResult(run_dirs, planned, planned - todo, computed, rows_written, time.perf_counter() - t0,
                      estimate_s, hashes, tab)
 

@@ -31,11 +31,12 @@ class Job:
     component: str
     data: str
     settings_hash: str
+    rows: tuple[tuple[str, str], ...] = ()  # (measure, settings hash) of each row; () : the family's `writes`
 
     def keys(self) -> list[Key]:
         """The store rows this job writes."""
-        return [(self.step, self.component, self.data, m, self.settings_hash)
-                for m in measure(self.family).writes(self.component)]
+        rows = self.rows or tuple((m, self.settings_hash) for m in measure(self.family).writes(self.component))
+        return [(self.step, self.component, self.data, m, h) for m, h in rows]
 
     def key(self, chash: str | None = None) -> Key:
         """The job's first (for most families, only) row key."""
@@ -69,7 +70,10 @@ class Task:
 
     @property
     def jobs(self) -> list[Job]:
-        return [Job(self.run_dir, self.step, self.family, c, self.data, self.config_hash) for c in self.components]
+        m = measure(self.family)
+        return [Job(self.run_dir, self.step, self.family, c, self.data, self.config_hash,
+                    m.rows(c, self.settings, self.config_hash) if m.keys is not None else ())
+                for c in self.components]
 
     @property
     def config(self) -> dict[str, Any]:  # the name sweeps have always used for the settings

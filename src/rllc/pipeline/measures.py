@@ -33,6 +33,9 @@ class Measure:
         units: settings -> units of work in one call (e.g. the sampler's draws); None: one unit per task.
         calls: task -> the number of such calls a task makes (e.g. one per component); default 1.
         scale: (settings, n) -> the same settings with n units (for the cost probe); None: probe a whole task.
+        keys: (component, settings, task hash) -> the (measure, settings hash) pairs a job writes, for a family
+            whose rows depend on its settings (its probes) or are keyed by another family's hash (the rLLC of a
+            susceptibility job, keyed like a plain sweep's); None: `writes(component)` under the task's hash.
     """
 
     family: str
@@ -42,6 +45,13 @@ class Measure:
     units: Callable[[dict[str, Any]], int] | None = None
     calls: Callable[[Any], int] | None = None
     scale: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+    keys: Callable[[str, dict[str, Any], str], Sequence[tuple[str, str]]] | None = None
+
+    def rows(self, component: str, settings: dict[str, Any], chash: str) -> tuple[tuple[str, str], ...]:
+        """The (measure, settings hash) pairs a job of `component` writes."""
+        if self.keys is not None:
+            return tuple(self.keys(component, settings, chash))
+        return tuple((m, chash) for m in self.writes(component))
 
     def function(self) -> Callable[..., list]:
         module, _, name = self.compute.partition(":")
@@ -81,6 +91,12 @@ def _with(section: str, **fields: Any) -> Callable[[dict[str, Any], int], dict[s
     return scale
 
 
+def _susceptibility_keys(component: str, settings: dict[str, Any], chash: str) -> list[tuple[str, str]]:
+    from rllc.sweep.susceptibility import job_keys
+
+    return job_keys(component, settings, chash)
+
+
 _HEADS = "rllc.analysis.over_training"
 _HESSIAN = "rllc.analysis.hessian_sweep"
 
@@ -88,6 +104,10 @@ MEASURES: dict[str, Measure] = {m.family: m for m in [
     # LLC estimates (`rllc sweep`): a draw of every chain is the unit; heads share one call, the rest another.
     Measure("llc", "rllc.sweep.sweep:llc_rows", _const("llc"), "draw", _nested("sampler", "draws"), _llc_calls,
             _with("sampler", draws=None, burn_in=0)),
+    # Susceptibilities and per-token LLC contributions on probe data sets (`rllc susceptibility`, or a sweep given
+    # probes), with each component's rLLC from the same chains (stored as an "llc" row under the plain sweep's hash).
+    Measure("susceptibility", "rllc.sweep.susceptibility:susceptibility_rows", _const("llc"), "draw",
+            _nested("sampler", "draws"), _llc_calls, _with("sampler", draws=None, burn_in=0), _susceptibility_keys),
     # Head analysis (`rllc heads`): every head at once per checkpoint; no scalable unit.
     Measure("attention_scores", f"{_HEADS}:attention_rows", _const("prev_token_score", "current_token_score")),
     Measure("induction_score", f"{_HEADS}:induction_rows", _const("induction_score")),

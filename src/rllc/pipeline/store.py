@@ -4,6 +4,12 @@ A row is keyed by (step, component, data, measure, config_hash): writing the sam
 (INSERT OR IGNORE), so a resumed or repeated sweep never duplicates work, and changing a hyperparameter changes
 the hash and makes new rows instead of overwriting. SQLite's WAL mode and a busy timeout let two sweeps write to
 one store at once without corrupting it.
+
+Per-token arrays (a susceptibility's χ per probe token) are too large for a row: a row may carry `arrays`, which
+the store writes as one safetensors file under `RUN_DIR/arrays/` (never a pickle) before inserting the row, whose
+`extra["arrays"]` then names the file (relative to the run directory). A file is written only for a row not yet
+stored, atomically (temporary file, then rename), so a killed writer leaves no half file, and a rerun that
+recomputes the row rewrites the same file.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class ResultRow:
     std: float | None = None
     valid: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, str, str, str, str]:
@@ -140,8 +147,15 @@ class ResultStore:
             con.execute("INSERT OR IGNORE INTO configs VALUES (?, ?)", (chash, json.dumps(config, sort_keys=True)))
 
     def put_many(self, rows: Iterable[ResultRow]) -> int:
-        """Insert rows in one transaction; rows whose key exists are ignored. Returns the number inserted."""
+        """Insert rows in one transaction; rows whose key exists are ignored. Returns the number inserted.
+
+        A row's `arrays` are written first, as a safetensors file its `extra["arrays"]` names (rows already stored
+        keep their file)."""
         now = time.time()
+        rows = list(rows)
+        if any(r.arrays for r in rows):
+            stored = self.done_keys()
+            rows = [self._write_arrays(r) if r.arrays and r.key not in stored else r for r in rows]
         values = [(r.step, r.component, r.data, r.measure, r.config_hash,
                    None if r.value is None else float(r.value), None if r.std is None else float(r.std),
                    int(bool(r.valid)), json.dumps(r.extra, default=_jsonable), now) for r in rows]
@@ -150,6 +164,42 @@ class ResultStore:
             before = con.total_changes
             con.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             return con.total_changes - before
+
+    def _write_arrays(self, row: ResultRow) -> ResultRow:
+        """Write a row's arrays as `arrays/MEASURE_FAMILY/HASH/step_S/NAME.safetensors`; return the row naming it."""
+        from dataclasses import replace
+
+        from safetensors.numpy import save_file
+
+        ident = hashlib.sha256(json.dumps([row.component, row.data, row.measure]).encode()).hexdigest()[:16]
+        rel = Path("arrays") / row.measure.split(":")[0] / row.config_hash / f"step_{row.step:07d}" / \
+            f"{ident}.safetensors"
+        path = self.run_dir / rel
+        tensors = {k: np.ascontiguousarray(v) for k, v in row.arrays.items()}
+        meta = {"step": str(row.step), "component": row.component, "data": row.data, "measure": row.measure,
+                "config_hash": row.config_hash}
+        with writing(path, needed=sum(a.nbytes for a in tensors.values()) + 4096, what="array file"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            try:
+                save_file(tensors, str(tmp), metadata=meta)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return replace(row, extra={**row.extra, "arrays": rel.as_posix()}, arrays={})
+
+    def arrays(self, key: tuple[int, str, str, str, str]) -> dict[str, np.ndarray]:
+        """The per-token arrays stored with one row (empty if it has none)."""
+        from safetensors.numpy import load_file
+
+        rel = self.extra(key).get("arrays")
+        if not rel:
+            return {}
+        path = self.run_dir / rel
+        if not path.is_file():
+            raise RllcError(f"{path} (the arrays of {key}) is missing; delete the row's results or rerun the measure "
+                            "in a copy of the run")
+        return load_file(str(path))
 
     def put(self, row: ResultRow) -> bool:
         return self.put_many([row]) == 1

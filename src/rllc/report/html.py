@@ -8,6 +8,8 @@ JavaScript. Sections, per run:
   2. loss and full-model LLC        with the stages detected on the LLC curve (shaded) and the stage table
   3. per-head rLLC curves           wrLLC on the pre-training data, coloured by cluster and by behavioural type
   4. drLLC per data set             per-head and full-model data-refined LLCs on every other data set
+  4b. susceptibilities              response matrix over training, per-head χ curves per probe beside the rLLC,
+                                    ground-truth AUCs and type agreement, per-token attributions in context
   5. head table                     type, evidence, scores, ablations, cluster and final rLLC per head
   6. composition                    Q/K/V-composition heat maps at the last analysed checkpoint
   7. Hessian comparisons            LLC beside Hessian trace, FIM trace and Hessian rank
@@ -304,6 +306,7 @@ def _run_section(doc: _Doc, r: _RunData, *, prefix: str, multi: bool) -> Section
         ("loss", "Loss and full-model LLC, with stages", lambda: _loss_llc(doc, r)),
         ("heads", "Per-head rLLC curves", lambda: _head_curves(doc, r)),
         ("drllc", "Data-refined LLC per data set", lambda: _drllc(doc, r)),
+        ("susceptibility", "Susceptibilities: heads' response to probe data", lambda: _susceptibility(doc, r)),
         ("table", "Head table", lambda: _head_table(doc, r)),
         ("composition", "Composition", lambda: _composition(doc, r)),
         ("hessian", "Hessian comparisons", lambda: _hessian(doc, r)),
@@ -539,6 +542,12 @@ def _head_curves(doc: _Doc, r: _RunData) -> list[str]:
         out.append(doc.figure(_plot_heads_coloured(r, d, col, f"{r.name}: per-head wrLLC", "head"),
                               "Weight-refined LLC of every head on the pre-training data." + stages, "wrLLC"))
     return out
+
+
+def _susceptibility(doc: _Doc, r: _RunData) -> list[str]:
+    from rllc.report.susceptibility import section
+
+    return section(doc, r)
 
 
 def _drllc(doc: _Doc, r: _RunData) -> list[str]:
@@ -897,6 +906,9 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace
 details { margin: 8px 0; } summary { cursor: pointer; color: var(--accent); }
 .note { color: var(--muted); font-size: 13.5px; }
 .missing { background: #fff8e6; border-left: 4px solid #e0a800; padding: 6px 12px; font-size: 13.5px; }
+.seq { font-family: ui-monospace, monospace; font-size: 12px; line-height: 1.9; white-space: pre-wrap; display: inline; }
+.tok { padding: 1px 0; border-radius: 2px; }
+.attr { margin: 2px 0; }
 .warn, .warnlist { background: #fdecec; border-left: 4px solid #c62828; padding: 6px 12px; font-size: 13.5px; }
 .warnlist { padding-left: 32px; }
 .ok { background: #eaf6ec; border-left: 4px solid #2e7d32; padding: 6px 12px; font-size: 13.5px; }

@@ -109,13 +109,15 @@ def llc_groups(task: Task) -> list[list[str]]:
 
 def plan_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | Sequence[str] = "heads,all",
                data: str | Sequence[str] = "pretrain", steps: str | Sequence[int] | None = "all",
-               config: SweepConfig | None = None, batch_components: bool = True) -> Plan:
+               config: SweepConfig | None = None, batch_components: bool = True, probes: Any = None) -> Plan:
     """Plan a sweep without running it (validates every name; loads no weights and tokenises nothing).
 
     Args:
         run_dir: a run directory or several (e.g. the seeds of `rllc train --seeds`); each keeps its own store.
         components, data, steps: see `run_sweep`.
         config: the SweepConfig (sampler and data sampling).
+        probes: probe data sets (a `rllc.sweep.susceptibility.ProbeConfig`, or specs): plan "susceptibility"
+            tasks instead, which store the same "llc" rows and the susceptibilities from the same draws.
 
     Returns:
         A `rllc.pipeline.Plan` of "llc" tasks, one per (run, checkpoint, data set); `plan.pending` lists those
@@ -123,6 +125,11 @@ def plan_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | 
     """
     from rllc.train import load_run
 
+    if probes is not None:
+        from rllc.sweep.susceptibility import plan_susceptibility
+
+        return plan_susceptibility(run_dir, probes=probes, components=components, data=data, steps=steps,
+                                   config=config, batch_components=batch_components)
     config = config or SweepConfig()
     chash = config.config_hash()
     data_specs = split_data_specs(data)
@@ -200,7 +207,8 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
               config: SamplerConfig | None = None, n_samples: int = 2048, sample_seed: int = 0,
               split: str = "train", executor: str | Any = "inprocess", address: str | None = None,
               workers: int | None = None, batch_components: bool = True, progress: bool = True,
-              **overrides: Any) -> RunResult:
+              probes: str | Sequence[str] | None = None, probe_samples: int = 8, probe_seed: int = 1,
+              probe_split: str = "val", **overrides: Any) -> RunResult:
     """Estimate an LLC for every checkpoint × component × data set and store it in each run's results store.
 
     Re-running computes only what is missing; changing any setting makes new rows (a new config hash). With
@@ -221,6 +229,9 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
         workers: pool processes / local Ray CPUs.
         batch_components: estimate a task's heads together (`estimate_llc_many`); False runs them one by one.
         progress: print the plan and its estimated duration, and a progress bar over draws (with ETA).
+        probes: probe data specs ("code,prose,synthetic.induction"): the same estimates, plus every component's
+            per-token susceptibilities and LLC contributions on each probe from the same draws
+            (`rllc.sweep.susceptibility`); probe_samples, probe_seed, probe_split choose the probe windows.
 
     Returns:
         A `RunResult` (counts, wall time, estimate, summary table). Read the values with
@@ -228,8 +239,13 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
     """
     sampler = (config or SweepConfig().sampler).replace(**overrides)
     cfg = SweepConfig(sampler, n_samples, sample_seed, split)
+    pc = None
+    if probes is not None:
+        from rllc.sweep.susceptibility import ProbeConfig
+
+        pc = ProbeConfig(tuple(split_data_specs(probes)), probe_samples, probe_seed, probe_split)
     plan = plan_sweep(run_dir, components=components, data=data, steps=steps, config=cfg,
-                      batch_components=batch_components)
+                      batch_components=batch_components, probes=pc)
     return run_with(plan, executor, address=address, workers=workers, progress=progress)
 
 
