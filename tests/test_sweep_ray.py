@@ -121,6 +121,35 @@ def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, ru
                                                                      rel=1e-5, abs=1e-7)
 
 
+def test_susceptibilities_through_ray_match_in_process(ray_executor, run_dir, tmp_path):
+    """The susceptibility measure's rows and per-token arrays come back from Ray workers as from in-process."""
+    import shutil
+
+    import numpy as np
+
+    from rllc.pipeline import ResultStore
+    from rllc.sweep.susceptibility import ProbeConfig, plan_susceptibility
+
+    def plan(d):
+        return plan_susceptibility(d, probes=ProbeConfig(("synthetic.induction",), n_samples=2), components="heads",
+                                   steps="10,40", config=CFG)
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin, symlinks=True)
+    local = run_plan(plan(twin), progress=False)
+    ex, _ = ray_executor
+    remote = run_plan(plan(run_dir), ex, progress=False)
+    assert remote.rows == local.rows == 2 * 4 * 3 and remote.computed == remote.planned
+    a, b = load_results(twin), load_results(run_dir)
+    merged = a.drop(columns="run").merge(b.drop(columns="run"), on=["step", "component", "data", "measure",
+                                                                     "config_hash"], suffixes=("_local", "_ray"))
+    assert len(merged) == len(a) == len(b)
+    assert merged.value_local.to_numpy() == pytest.approx(merged.value_ray.to_numpy(), rel=1e-5, abs=1e-9)
+    key = (40, "1:1", "pretrain", "susceptibility:synthetic.induction", plan(run_dir).tasks[0].config_hash)
+    np.testing.assert_allclose(ResultStore(run_dir).arrays(key)["chi"], ResultStore(twin).arrays(key)["chi"],
+                               rtol=1e-5, atol=1e-9)
+
+
 def _listening(pids: set[int]) -> list[str]:
     """Local addresses (hex, as in /proc/net/tcp*) of the TCP sockets these processes listen on."""
     inodes = set()

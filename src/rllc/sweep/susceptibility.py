@@ -59,8 +59,7 @@ class ProbeConfig:
     split: str = "val"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "specs", tuple(split_data_specs(list(self.specs) if not isinstance(self.specs, str)
-                                                                 else self.specs)))
+        object.__setattr__(self, "specs", probe_specs(self.specs))
         if not isinstance(self.n_samples, int) or self.n_samples < 1:
             raise RllcError(f"probe samples must be a positive integer, got {self.n_samples!r}")
         if self.split not in ("train", "val"):
@@ -69,6 +68,14 @@ class ProbeConfig:
             if is_model_spec(s):
                 raise RllcError(f"probe {s!r}: a probe is a data set of tokens; model:RUN@STEP is a loss (use it as "
                                 "--data), not a probe")
+
+
+def probe_specs(probes: str | Sequence[str]) -> tuple[str, ...]:
+    """Probe data specs from a comma-separated string or a list (`data.split_data_specs`'s rules)."""
+    if (isinstance(probes, str) and not probes.replace(",", "").replace(";", "").strip()) or \
+            (not isinstance(probes, str) and not any(str(p).strip() for p in probes)):
+        raise RllcError("no probe given; try --probes code,prose,synthetic.induction")
+    return tuple(split_data_specs(probes if isinstance(probes, str) else list(probes)))
 
 
 def job_keys(component: str, settings: dict[str, Any], chash: str) -> list[tuple[str, str]]:
@@ -106,7 +113,7 @@ def plan_susceptibility(run_dir: str | Path | Iterable[str | Path], *, probes: P
     """
     from rllc.train import load_run
 
-    probes = probes if isinstance(probes, ProbeConfig) else ProbeConfig(tuple(split_data_specs(probes)))
+    probes = probes if isinstance(probes, ProbeConfig) else ProbeConfig(probe_specs(probes))
     config = config or SweepConfig()
     data_specs = split_data_specs(data)
     plan = Plan()
@@ -218,7 +225,7 @@ def run_susceptibility(run_dir: str | Path | Iterable[str | Path], *, probes: st
     """
     sampler = SweepConfig().sampler.replace(**overrides)
     cfg = SweepConfig(sampler, n_samples, sample_seed, split)
-    pc = ProbeConfig(tuple(split_data_specs(probes)), probe_samples, probe_seed, probe_split)
+    pc = ProbeConfig(probe_specs(probes), probe_samples, probe_seed, probe_split)
     plan = plan_susceptibility(run_dir, probes=pc, components=components, data=data, steps=steps, config=cfg,
                                batch_components=batch_components)
     return run_with(plan, executor, address=address, workers=workers, progress=progress)

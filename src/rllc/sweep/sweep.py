@@ -241,9 +241,9 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
     cfg = SweepConfig(sampler, n_samples, sample_seed, split)
     pc = None
     if probes is not None:
-        from rllc.sweep.susceptibility import ProbeConfig
+        from rllc.sweep.susceptibility import ProbeConfig, probe_specs
 
-        pc = ProbeConfig(tuple(split_data_specs(probes)), probe_samples, probe_seed, probe_split)
+        pc = ProbeConfig(probe_specs(probes), probe_samples, probe_seed, probe_split)
     plan = plan_sweep(run_dir, components=components, data=data, steps=steps, config=cfg,
                       batch_components=batch_components, probes=pc)
     return run_with(plan, executor, address=address, workers=workers, progress=progress)

@@ -1,0 +1,79 @@
+"""The extra cost of susceptibilities from the same chains: a plain per-head sweep task against the same task with
+probes observed at every draw (issue 14 item 4: target ≤ 1.3× for 4 probes × 512 tokens).
+
+Run: python benchmarks/bench_susceptibility.py [--run RUN_DIR] [--reps R] [--draws N] [--probe-samples N]
+Model: the last checkpoint of RUN_DIR (default: a cpu-preset model at initialisation on random windows), every head
+(one per-head sampler call), the demo's sampler (4 chains × 20 draws of batch 8 after 30 burn-in steps, paired)
+on 512 windows. Probes: 4 data sets × 8 windows × 64 tokens = 4 × 512 tokens. The two variants are interleaved
+within each repetition and the median ratio is reported, so machine load hits both alike; one intra-op thread.
+Two levels: the engine (`estimate_llc_many` against `rllc.susceptibilities`) and the pipeline task (the "llc"
+measure's rows against the "susceptibility" measure's rows and arrays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+PROBES = ("code", "prose", "synthetic.induction", "synthetic.repeat")
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", help="a run directory (default: a cpu-preset model at initialisation)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--draws", type=int, default=20)
+    ap.add_argument("--probe-samples", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rllc import susceptibilities
+    from rllc.llc import SamplerConfig, estimate_llc_many
+    from rllc.model import ModelConfig, Transformer, heads
+
+    cfg = SamplerConfig(paired=True).replace(chains=4, draws=args.draws, batch_size=8, burn_in=30)
+    if args.run:
+        from rllc.train import load_run
+
+        run = load_run(args.run)
+        model = run.model_at(run.steps[-1])
+        data = run.sample_tokens("pretrain", 512, seed=0)
+        probes = {p: run.sample_tokens(p, args.probe_samples, split="val", seed=1) for p in PROBES}
+        where = f"{args.run} step {run.steps[-1]}"
+    else:
+        model = Transformer(ModelConfig(n_layers=2, n_heads=4, d_model=64, d_head=16, n_ctx=64, d_vocab=1024), seed=0)
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, 1024, (512, 64), generator=g)
+        probes = {p: torch.randint(0, 1024, (args.probe_samples, 64), generator=g) for p in PROBES}
+        where = "cpu preset at initialisation, random windows"
+    comps = heads(model.cfg)
+    n_tok = sum(t.shape[0] * (t.shape[1] - 1) for t in probes.values())
+    print(f"{where}; {len(comps)} heads; {cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}, burn-in "
+          f"{cfg.burn_in}, paired; probes {len(probes)} x {args.probe_samples} windows ({n_tok} predicted tokens)")
+    plain_t, probe_t = [], []
+    for rep in range(args.reps):
+        t0, a = _timed(lambda: estimate_llc_many(model, data, comps, config=cfg, progress=False))
+        t1, b = _timed(lambda: susceptibilities(model, data, comps, probes=probes, config=cfg, paired=True,
+                                                progress=False))
+        same = max(abs(x.mean - b.llc[n].mean) for x, n in zip(a, b.components))
+        plain_t.append(t0)
+        probe_t.append(t1)
+        print(f"rep {rep}: plain {t0:.2f} s, with probes {t1:.2f} s, ratio {t1 / t0:.3f}; "
+              f"max |λ̂ difference| {same:.2e}")
+    ratios = [b / a for a, b in zip(plain_t, probe_t)]
+    print(f"engine: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
+          f" median ratio {statistics.median(ratios):.3f} (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

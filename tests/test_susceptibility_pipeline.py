@@ -1,0 +1,121 @@
+"""The "susceptibility" measure in the one pipeline: from the same chains as the sweep's rLLC, stored once, resumed
+exactly, per-token arrays as safetensors beside the store."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+
+from rllc._errors import RllcError
+from rllc.pipeline import ResultStore, load_results, run_plan, run_task
+from rllc.pipeline.data import probe_labels, resolve_data
+from rllc.sweep import SweepConfig, plan_sweep
+from rllc.sweep.susceptibility import ProbeConfig, plan_susceptibility
+
+FAST = dict(chains=2, draws=4, batch_size=4, init_batches=1)
+CFG = SweepConfig(SweepConfig().sampler.replace(**FAST), 16)
+PROBES = ProbeConfig(("synthetic.induction", "prose"), n_samples=3)
+
+
+def _rows(run_dir):
+    with sqlite3.connect(run_dir / "results.sqlite") as con:
+        return {r[:5]: r[5:] for r in con.execute(
+            "SELECT step, component, data, measure, config_hash, value, std, valid FROM results")}
+
+
+def test_a_sweep_given_probes_stores_its_rllc_as_the_plain_sweep_does_and_the_probes_from_the_same_draws(
+        run_dir, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin, symlinks=True)
+    plain = run_plan(plan_sweep(twin, components="heads", steps="10,40", config=CFG), progress=False)
+    plan = plan_sweep(run_dir, components="heads", steps="10,40", config=CFG, probes=PROBES)
+    assert {t.family for t in plan.tasks} == {"susceptibility"}
+    res = run_plan(plan, progress=False)
+    assert res.config_hash == plain.config_hash == CFG.config_hash()  # the rLLC rows carry the sweep's settings
+    assert (res.planned, res.computed) == (8, 8)
+    got, ref = _rows(run_dir), _rows(twin)
+    llc = {k: v for k, v in got.items() if k[3] == "llc"}
+    assert set(llc) == set(ref)
+    for k, v in ref.items():  # the same chains: the rLLC does not change when probes are observed
+        assert llc[k][0] == pytest.approx(v[0], rel=1e-6)
+    measures = sorted({k[3] for k in got})
+    assert measures == ["contribution:prose", "contribution:synthetic.induction", "llc", "susceptibility:prose",
+                        "susceptibility:synthetic.induction"]
+    assert len(got) == 2 * 4 * 5
+    # Rows are complete: a rerun computes nothing; a plain sweep of the same settings finds its rows stored.
+    assert run_plan(plan_sweep(run_dir, components="heads", steps="10,40", config=CFG, probes=PROBES),
+                    progress=False).computed == 0
+    assert run_plan(plan_sweep(run_dir, components="heads", steps="10,40", config=CFG), progress=False).computed == 0
+
+
+def test_per_token_arrays_are_the_rows_values_on_the_probes_own_windows(run_dir):
+    plan = plan_susceptibility(run_dir, probes=PROBES, components="0:1,1:0", steps="40", config=CFG)
+    run_plan(plan, progress=False)
+    store = ResultStore(run_dir)
+    df = load_results(run_dir)
+    chash = plan.tasks[0].config_hash
+    row = df[(df.measure == "susceptibility:synthetic.induction") & (df.component == "1:0")].iloc[0]
+    assert row.config_hash == chash
+    arrays = store.arrays((40, "1:0", "pretrain", "susceptibility:synthetic.induction", chash))
+    assert sorted(arrays) == ["chi", "chi_se", "contribution", "tokens"]
+    from rllc.train import load_run
+
+    run = load_run(run_dir)
+    tokens, _ = resolve_data(run, "synthetic.induction", 3, seed=1, split="val")
+    np.testing.assert_array_equal(arrays["tokens"], tokens.numpy())
+    n_ctx = run.config.model.n_ctx
+    assert arrays["chi"].shape == arrays["contribution"].shape == (3, n_ctx - 1)
+    assert float(arrays["chi"].mean()) == pytest.approx(row.value, rel=1e-5)
+    contrib = df[(df.measure == "contribution:synthetic.induction") & (df.component == "1:0")].value.item()
+    assert float(arrays["contribution"].mean()) == pytest.approx(contrib, rel=1e-5)
+    # The labels of a synthetic probe line up with the very windows measured.
+    labels = probe_labels(run, "synthetic.induction", 3, seed=1, split="val")
+    assert labels.shape == (3, n_ctx) and (labels[:, -1] == 0).all() and labels.any()
+    assert probe_labels(run, "prose", 3, seed=1, split="val") is None
+    files = list((run_dir / "arrays").rglob("*.safetensors"))
+    assert len(files) == 2 * 2 and not list((run_dir / "arrays").rglob(".*tmp*"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_interrupted_susceptibility_run_resumes_exactly_once(run_dir, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin, symlinks=True)
+    run_plan(plan_susceptibility(twin, probes=PROBES, steps="0,10,40", config=CFG), progress=False)
+    expected = _rows(twin)
+    calls = []
+
+    def dies_at_the_second_task(task):
+        calls.append(task)
+        if len(calls) == 2:
+            raise Killed
+        return run_task(task)
+
+    with pytest.raises(Killed):
+        run_plan(plan_susceptibility(run_dir, probes=PROBES, steps="0,10,40", config=CFG), progress=False,
+                 task_fn=dies_at_the_second_task)
+    assert 0 < len(_rows(run_dir)) < len(expected)
+    run_plan(plan_susceptibility(run_dir, probes=PROBES, steps="0,10,40", config=CFG), progress=False)
+    assert _rows(run_dir) == expected  # every row once, the values of the uninterrupted run
+    assert len(list((run_dir / "arrays").rglob("*.safetensors"))) == 3 * 4 * 2
+
+
+def test_probe_settings_make_new_rows_and_bad_probes_fail_before_any_work(run_dir):
+    a = plan_susceptibility(run_dir, probes=PROBES, steps="40", config=CFG)
+    b = plan_susceptibility(run_dir, probes=ProbeConfig(PROBES.specs, n_samples=4), steps="40", config=CFG)
+    assert a.tasks[0].config_hash != b.tasks[0].config_hash
+    assert a.jobs[0].keys()[0] == b.jobs[0].keys()[0]  # the rLLC row is the sweep's, whatever the probes
+    with pytest.raises(RllcError, match="not a probe"):
+        ProbeConfig(("model:/x@last",))
+    with pytest.raises(RllcError, match="positive"):
+        ProbeConfig(("code",), n_samples=0)
+    with pytest.raises(RllcError, match="twice"):
+        ProbeConfig(("code", "code"))
+    with pytest.raises(RllcError, match="unknown"):
+        plan_susceptibility(run_dir, probes="nosuchsource", steps="40", config=CFG)
+    assert not (run_dir / "results.sqlite").exists() or not load_results(run_dir).size
