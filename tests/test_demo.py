@@ -28,6 +28,8 @@ def test_demo_end_to_end_then_resumes_without_recomputing(tmp_path):
         line = next(x for x in first.summary if x.startswith(f"finding {i}. {title}"))
         assert any(v in line for v in ("REPRODUCED", "NOT REPRODUCED", "NOT APPLICABLE")), line
     assert "Findings" in (out / "report.html").read_text()
+    assert any(line.startswith("susceptibility ground truth at step") for line in first.summary)
+    assert "Response matrix (heads × probes)" in (out / "report.html").read_text()
     again = demo(out, steps=60, progress=False)
     assert any("LLC sweep: 0 estimates computed now" in line for line in again.summary)
     assert len(ResultStore(out).frame()) == len(store)  # nothing duplicated
@@ -66,6 +68,11 @@ def test_demo_pipeline_on_a_tiny_run(tiny_run, tiny_text, tmp_path, monkeypatch)
         line = next(x for x in res.summary if x.startswith(f"finding {i}. {title}"))
         assert any(v in line for v in ("REPRODUCED", "NOT REPRODUCED", "NOT APPLICABLE")), line
     assert "Findings" in (out / "report.html").read_text()
+    # The heads' pre-training sweep observed the demo's probes: susceptibilities from the same chains, drawn.
+    sus = store[store.measure.str.startswith("susceptibility:")]
+    assert set(sus.measure) == {f"susceptibility:{p}" for p in sweep_mod.DEMO_PROBES.split(",")}
+    assert set(sus.data) == {"pretrain"} and sus.component.str.contains(":").all()
+    assert "Response matrix (heads × probes)" in (out / "report.html").read_text()
 
 
 def test_sampler_check_steps_before_at_and_after_the_induction_rise():

@@ -119,3 +119,42 @@ def test_probe_settings_make_new_rows_and_bad_probes_fail_before_any_work(run_di
     with pytest.raises(RllcError, match="unknown"):
         plan_susceptibility(run_dir, probes="nosuchsource", steps="40", config=CFG)
     assert not (run_dir / "results.sqlite").exists() or not load_results(run_dir).size
+
+
+def test_check_run_and_the_report_section_read_the_stored_susceptibilities(run_dir):
+    from rllc.analysis.susceptibility import check_run, head_aucs, type_patterns
+    from rllc.pipeline import ResultRow
+    from rllc.report.html import write_report
+    from rllc.train import load_run
+
+    plan = plan_susceptibility(run_dir, probes=PROBES, steps="10,40", config=CFG)
+    run_plan(plan, progress=False)
+    # Head types as `rllc heads` stores them (given here: the tiny run is too small to have real types).
+    types = {"0:0": "previous-token", "0:1": "multigram", "1:0": "induction", "1:1": "induction"}
+    ResultStore(run_dir).put_many([ResultRow(40, c, "repeated", "head_type", "t", 1.0, extra={"family": t})
+                                   for c, t in types.items()])
+    gt = check_run(run_dir)
+    assert (gt.step, gt.data, gt.checkpoints) == (40, "pretrain", 2)
+    assert list(gt.aucs.component) == ["0:0", "1:0", "1:1"] and set(gt.aucs.probe) == {"synthetic.induction"}
+    run = load_run(run_dir)
+    labels = probe_labels(run, "synthetic.induction", 3, seed=1, split="val")
+    store, chash = ResultStore(run_dir), plan.tasks[0].config_hash
+    chi = {c: store.arrays((40, c, "pretrain", "susceptibility:synthetic.induction", chash))["chi"] for c in types}
+    direct = head_aucs(chi, labels, type_patterns(types))
+    assert gt.aucs.auc.tolist() == pytest.approx(direct.auc.tolist())
+    assert gt.ari is not None and -1 <= gt.ari <= 1 and len(gt.clusters) == 4
+    assert any("ROC AUC" in line for line in gt.lines())
+    page = write_report(run_dir).read_text()
+    assert "response to probe data" in page
+    assert "Response matrix (heads × probes)" in page and "Ground truth at step 40" in page
+    assert page.count("class=tok") >= 2 * 4 * (run.config.model.n_ctx)  # 2 probes × 4 heads × a sequence in context
+
+
+def test_attribution_html_colours_tokens_by_sign_on_the_predicted_token():
+    from rllc.report.susceptibility import attribution_html
+
+    out = attribution_html(["a", "<b>", "c"], np.array([-2.0, 1.0]), labelled=[True, False])
+    spans = out.split("<span")[1:]
+    assert len(spans) == 3 and "background" not in spans[0]  # the first token predicts; nothing predicts it
+    assert "rgba(214,39,40,1.00)" in spans[1] and "underline" in spans[1] and "&lt;b&gt;" in spans[1]
+    assert "rgba(31,119,180,0.50)" in spans[2] and "underline" not in spans[2]

@@ -142,7 +142,17 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         f"; transitions at {', '.join(f'{t:.0f}' for t in stages.transitions) or 'none'}; {stages.handling()}",
         timing.sentence(),
         *found.lines()[2:],
+        *susceptibility_lines(out),
         f"figures: {loss_png}, {len(curve_pngs)} LLC plots in {out / 'plots'}, head figures in {out / 'heads'}",
         f"report: {report}",
     ]
     return DemoResult(out, heads.steps[-1], table, timings, summary)
+
+
+def susceptibility_lines(out: str | Path) -> list[str]:
+    """The demo's susceptibility figures: the ground-truth ROC AUC per typed head at the last checkpoint and the
+    response-matrix clustering's agreement with the head types (`rllc.analysis.susceptibility.check_run`)."""
+    from rllc.analysis.susceptibility import check_run
+
+    gt = check_run(out)
+    return [] if gt is None else gt.lines()

@@ -20,6 +20,8 @@ are `susceptibility:PROBE` (value: the probe's mean per-token χ, std: its stand
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,3 +215,118 @@ def type_agreement(clusters: Sequence[int], types: Sequence[str]) -> float:
     if len(clusters) != len(types):
         raise RllcError(f"{len(clusters)} cluster labels for {len(types)} head types")
     return float(_sklearn_metrics().adjusted_rand_score(list(types), list(clusters)))
+
+
+# ------------------------------------------------------------------------------------------------ one run
+
+
+@dataclass
+class GroundTruth:
+    """The susceptibility checks of one run (`check_run`).
+
+    Attributes:
+        data, config_hash: the sampling data set and settings of the susceptibilities checked.
+        step: the last checkpoint (where the AUCs are taken).
+        aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc, positives, negatives.
+        clusters: per head: component, type, cluster (k-means on the response matrix over training).
+        ari: adjusted Rand index of those clusters against the types (None when it cannot be formed).
+        checkpoints: how many checkpoints the response matrix over training spans.
+    """
+
+    data: str
+    config_hash: str
+    step: int
+    aucs: pd.DataFrame
+    clusters: pd.DataFrame
+    ari: float | None
+    checkpoints: int
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """One-line summaries (what `rllc demo` prints)."""
+        out = []
+        for probe, g in self.aucs.groupby("probe", sort=False):
+            heads = ", ".join(f"{c} ({t}) {a:.2f}" for c, t, a in zip(g.component, g.type, g.auc))
+            out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ against the "
+                       f"labelled positions: {heads} (target ≥ 0.8)")
+        if self.ari is not None:
+            out.append(f"response matrix over {self.checkpoints} checkpoints: heads clustered on its leading singular "
+                       f"vectors agree with the head types at adjusted Rand index {self.ari:.2f}")
+        return out + self.notes
+
+
+def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> GroundTruth | None:
+    """The ground-truth AUCs at the last checkpoint and the response-matrix clustering of a run's stored
+    susceptibilities (those of the pre-training data when there, with the most rows), against the head types
+    stored by `rllc heads`. None when the run has no susceptibilities.
+
+    Args:
+        run_dir: the run directory.
+        results: its rows with `extra` (default: read from its store).
+    """
+    from rllc.pipeline.data import probe_labels
+    from rllc.pipeline.store import ResultStore
+    from rllc.train import load_run
+
+    store = ResultStore(run_dir, readonly=True)
+    results = store.frame(with_extra=True) if results is None else results
+    sus, data, chash = select_rows(results)
+    if sus.empty:
+        return None
+    pr = store.configs().get(chash, {}).get("probes", {})
+    types = head_families(results)
+    patterns = type_patterns(types)
+    last = int(sus.step.max())
+    run = load_run(run_dir)
+    rows, notes = [], []
+    chi_rows = sus[(sus.step == last) & sus.measure.str.startswith(SUSCEPTIBILITY)]
+    for key, spec in zip(pr.get("keys", []), pr.get("specs", [])):
+        labels = probe_labels(run, spec, pr["n_samples"], seed=pr["seed"], split=pr["split"])
+        if labels is None or not patterns:
+            continue
+        d = chi_rows[chi_rows.measure == f"{SUSCEPTIBILITY}{key}"]
+        chi = {c: store.arrays((last, c, data, m, chash))["chi"]
+               for c, m in zip(d.component, d.measure) if c in patterns}
+        try:
+            t = head_aucs(chi, labels, patterns)
+        except RllcError as e:
+            notes.append(f"{key}: {e}")
+            continue
+        rows.append(t.assign(probe=key, type=t.component.map(types)))
+    aucs = (pd.concat(rows)[["probe", "component", "type", "pattern", "auc", "positives", "negatives"]]
+            if rows else pd.DataFrame(columns=["probe", "component", "type", "pattern", "auc", "positives",
+                                               "negatives"]))
+    heads = sorted({c for c in chi_rows.component if c in types}, key=_component_order)
+    mats = response_matrices(sus[sus.measure.str.startswith(SUSCEPTIBILITY)], components=heads)
+    clusters, ari = pd.DataFrame(columns=["component", "type", "cluster"]), None
+    k = len({types[c] for c in heads})
+    if mats and 2 <= k < len(heads):
+        labels_k = cluster_by_response(over_training(mats), k)
+        clusters = pd.DataFrame({"component": heads, "type": [types[c] for c in heads], "cluster": labels_k})
+        ari = type_agreement(labels_k, clusters.type.tolist())
+    elif not types:
+        notes.append("no head types stored; `rllc heads RUN` labels them")
+    return GroundTruth(data, chash, last, aucs.reset_index(drop=True), clusters, ari, len(mats), notes)
+
+
+def select_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, str | None, str | None]:
+    """The susceptibility and contribution rows of one (sampling data set, settings hash): the pair with the most
+    rows, preferring the pre-training data. Returns (rows with a `probe` column, data, hash)."""
+    d = results[results.measure.str.startswith(SUSCEPTIBILITY) | results.measure.str.startswith(CONTRIBUTION)]
+    if d.empty:
+        return d, None, None
+    counts = d.groupby(["data", "config_hash"]).size().reset_index(name="n")
+    counts["pre"] = counts.data == "pretrain"
+    best = counts.sort_values(["pre", "n"], ascending=False).iloc[0]
+    d = d[(d.data == best.data) & (d.config_hash == best.config_hash)]
+    return d.assign(probe=d.measure.str.split(":", n=1).str[1]), str(best.data), str(best.config_hash)
+
+
+def head_families(results: pd.DataFrame) -> dict[str, str]:
+    """component -> behavioural family ("induction", "previous-token", "current-token", "multigram") from the
+    last stored `head_type` rows (their `extra`), or {} when there are none."""
+    t = results[results.measure == "head_type"]
+    if t.empty or "extra" not in t:
+        return {}
+    last = t[t.step == t.step.max()]
+    return {c: str(x.get("family") or x.get("label", "")) for c, x in zip(last.component, last.extra)}

@@ -22,27 +22,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from rllc.analysis.susceptibility import (  # noqa: E402
-    CONTRIBUTION, SUSCEPTIBILITY, cluster_by_response, head_aucs, over_training, response_matrices, response_svd,
-    type_agreement, type_patterns,
+    SUSCEPTIBILITY, check_run, response_matrices, response_svd, select_rows,
 )
 from rllc.model.components import head_index, is_head_name  # noqa: E402
 
 _MAX_HEATMAPS = 6
 _LAYER_CMAPS = ("Blues", "Reds", "Greens", "Purples")
-
-
-def susceptibility_frame(results: pd.DataFrame) -> tuple[pd.DataFrame, str | None, str | None]:
-    """The susceptibility and contribution rows of one (sampling data set, settings hash): the pair with the most
-    rows, preferring the pre-training data. Returns (rows with a `probe` column, data, hash)."""
-    d = results[results.measure.str.startswith(SUSCEPTIBILITY) | results.measure.str.startswith(CONTRIBUTION)]
-    if d.empty:
-        return d, None, None
-    counts = d.groupby(["data", "config_hash"]).size().reset_index(name="n")
-    counts["pre"] = counts.data == "pretrain"
-    best = counts.sort_values(["pre", "n"], ascending=False).iloc[0]
-    d = d[(d.data == best.data) & (d.config_hash == best.config_hash)]
-    probe = d.measure.str.split(":", n=1).str[1]
-    return d.assign(probe=probe), str(best.data), str(best.config_hash)
 
 
 def _spread(steps: Sequence[int], k: int) -> list[int]:
@@ -155,7 +140,7 @@ def section(doc: Any, r: Any) -> list[str]:
     the command that measures them."""
     from rllc.pipeline.store import ResultStore
 
-    sus, data, chash = susceptibility_frame(r.results)
+    sus, data, chash = select_rows(r.results)
     if sus.empty:
         return [f"<p class=missing>No susceptibilities stored. Measure them with <code>rllc susceptibility "
                 f"{html.escape(str(r.path))} --components heads --probes code,prose,synthetic.induction "
@@ -182,7 +167,7 @@ def section(doc: Any, r: Any) -> list[str]:
     out.append(doc.figure(_png(fig), "Per-head rLLC (first panel) and mean susceptibility to each probe over "
                           "training, from the same chains; shading ± one standard error over chains.",
                           "susceptibility curves"))
-    out += _ground_truth(doc, r, sus, mats, pr)
+    out += _ground_truth(doc, r)
     out += _attributions(doc, r, sus, ResultStore(r.path, readonly=True), pr)
     return out
 
@@ -196,60 +181,22 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def _families(r: Any) -> dict[str, str]:
-    t = r.results[r.results.measure == "head_type"]
-    if t.empty:
-        return {}
-    last = t[t.step == t.step.max()]
-    return {c: str(x.get("family", x.get("label", ""))) for c, x in zip(last.component, last.extra)}
-
-
-def _ground_truth(doc: Any, r: Any, sus: pd.DataFrame, mats: Mapping[int, pd.DataFrame],
-                  pr: Mapping[str, Any]) -> list[str]:
-    from rllc.pipeline.data import probe_labels
-
-    out: list[str] = []
-    families = _families(r)
-    patterns = type_patterns(families)
-    if r.run is not None and patterns:
-        last = int(sus.step.max())
-        store = None
-        rows = []
-        for key, spec in zip(pr.get("keys", []), pr.get("specs", [])):
-            labels = probe_labels(r.run, spec, pr["n_samples"], seed=pr["seed"], split=pr["split"])
-            if labels is None:
-                continue
-            from rllc.pipeline.store import ResultStore
-
-            store = store or ResultStore(r.path, readonly=True)
-            d = sus[(sus.step == last) & (sus.measure == f"{SUSCEPTIBILITY}{key}")]
-            chi = {c: store.arrays((last, c, d.data.iloc[0], m, h))["chi"]
-                   for c, m, h in zip(d.component, d.measure, d.config_hash) if c in patterns}
-            try:
-                t = head_aucs(chi, labels, patterns)
-            except Exception as e:  # noqa: BLE001 - e.g. a probe with no labelled position
-                out.append(f"<p class=note>{html.escape(key)}: {html.escape(str(e))}</p>")
-                continue
-            rows.append(t.assign(probe=key, type=t.component.map(families)))
-        if rows:
-            tab = pd.concat(rows)[["probe", "component", "type", "pattern", "auc", "positives", "negatives"]]
-            out.append(doc.table(tab, f"Ground truth at step {last}: ROC AUC of ranking each labelled synthetic "
+def _ground_truth(doc: Any, r: Any) -> list[str]:
+    gt = check_run(r.path, results=r.results)
+    if gt is None:
+        return []
+    out = [f"<p class=note>{html.escape(n)}</p>" for n in gt.notes]
+    if len(gt.aucs):
+        out.append(doc.table(gt.aucs, f"Ground truth at step {gt.step}: ROC AUC of ranking each labelled synthetic "
                                       "probe's positions by −χ against the positions whose prediction the head's "
                                       "type implements (induction and previous-token heads: INDUCTION|REPEAT); "
-                                      "1 is a perfect ranking, 0.5 none."))
-    if mats and families:
-        heads = [c for c in next(iter(mats.values())).index if c in families]
-        types = [families[c] for c in heads]
-        k = len(set(types))
-        if 2 <= k < len(heads):
-            big = over_training({s: m.loc[heads] for s, m in mats.items()})
-            clusters = cluster_by_response(big, k)
-            ari = type_agreement(clusters, types)
-            tab = pd.DataFrame({"component": heads, "type": types, "cluster": clusters})
-            out.append(doc.table(tab, f"Heads clustered (k-means, k = {k} types) on the two leading singular "
-                                      f"vectors of the response matrix over {len(mats)} checkpoints: adjusted Rand "
-                                      f"index against the behavioural types {ari:.2f} (1: the same partition, "
-                                      "0: chance)."))
+                                      "1 is a perfect ranking, 0.5 none, the target 0.8."))
+    if gt.ari is not None:
+        k = gt.clusters.type.nunique()
+        out.append(doc.table(gt.clusters, f"Heads clustered (k-means, k = {k} types) on the two leading singular "
+                                          f"vectors of the response matrix over {gt.checkpoints} checkpoints (each "
+                                          f"checkpoint's block at unit norm): adjusted Rand index against the "
+                                          f"behavioural types {gt.ari:.2f} (1: the same partition, 0: chance)."))
     return out
 
 

@@ -258,19 +258,25 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
 # spread on a log axis (`steps`); the full-model LLC at every checkpoint (`full_steps`), dense enough for the stage
 # detection to see the LLC jump while the induction heads form.
 DEMO_SWEEP = dict(steps="log:12", full_steps="all", chains=4, draws=20, batch_size=8, n_samples=512)
+# The demo's probes: the heads' pre-training sweep observes these at every draw (susceptibilities from the same
+# chains), 8 held-out windows (512 tokens) each: the cost item 4 of issue 14 measures (benchmarks/
+# bench_susceptibility.py). The synthetic ones carry ground-truth labels.
+DEMO_PROBES = "code,prose,synthetic.induction,synthetic.repeat"
 
 
 def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progress: bool = True,
-               **settings: Any) -> RunResult:
+               probes: str | None = DEMO_PROBES, **settings: Any) -> RunResult:
     """The demo's sweep: per-head wrLLC on the pre-training mixture and on `code` at 12 checkpoints spread on a log
     axis, and the full-model LLC on the pre-training mixture at every checkpoint (`DEMO_SWEEP`; `settings`
-    override it)."""
+    override it). The heads' pre-training estimates observe `probes` (default `DEMO_PROBES`; None: none) at every
+    draw: their susceptibilities come from the same chains."""
     from rllc.pipeline.executors import make_executor
 
     s = {**DEMO_SWEEP, **settings}
     steps, full_steps, n_samples = s.pop("steps"), s.pop("full_steps"), s.pop("n_samples")
     cfg = SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
-    heads = plan_sweep(run_dir, components="heads", data="pretrain,code", steps=steps, config=cfg)
+    heads = plan_sweep(run_dir, components="heads", data="pretrain", steps=steps, config=cfg, probes=probes) + \
+        plan_sweep(run_dir, components="heads", data="code", steps=steps, config=cfg)
     full = plan_sweep(run_dir, components="all", data="pretrain", steps=full_steps, config=cfg)
     order = {d: i for i, d in enumerate(["pretrain", "code"])}
     plan = heads + full
