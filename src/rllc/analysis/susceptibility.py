@@ -227,7 +227,9 @@ class GroundTruth:
     Attributes:
         data, config_hash: the sampling data set and settings of the susceptibilities checked.
         step: the last checkpoint (where the AUCs are taken).
-        aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc, positives, negatives.
+        aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc (of −χ),
+            auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i| / s.e. over its tokens: below
+            ~2 the per-token values are mostly sampling noise), positives, negatives.
         clusters: per head: component, type, cluster (k-means on the response matrix over training).
         ari: adjusted Rand index of those clusters against the types (None when it cannot be formed).
         checkpoints: how many checkpoints the response matrix over training spans.
@@ -248,7 +250,8 @@ class GroundTruth:
         for probe, g in self.aucs.groupby("probe", sort=False):
             heads = ", ".join(f"{c} ({t}) {a:.2f}" for c, t, a in zip(g.component, g.type, g.auc))
             out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ against the "
-                       f"labelled positions: {heads} (target ≥ 0.8)")
+                       f"labelled positions: {heads} (target ≥ 0.8; median per-token |χ|/s.e. "
+                       f"{g.chi_snr.median():.2f})")
         if self.ari is not None:
             out.append(f"response matrix over {self.checkpoints} checkpoints: heads clustered on its leading singular "
                        f"vectors agree with the head types at adjusted Rand index {self.ari:.2f}")
@@ -285,17 +288,20 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         if labels is None or not patterns:
             continue
         d = chi_rows[chi_rows.measure == f"{SUSCEPTIBILITY}{key}"]
-        chi = {c: store.arrays((last, c, data, m, chash))["chi"]
-               for c, m in zip(d.component, d.measure) if c in patterns}
+        arrays = {c: store.arrays((last, c, data, m, chash)) for c, m in zip(d.component, d.measure) if c in patterns}
         try:
-            t = head_aucs(chi, labels, patterns)
+            t = head_aucs({c: a["chi"] for c, a in arrays.items()}, labels, patterns)
+            tc = head_aucs({c: a["contribution"] for c, a in arrays.items()}, labels, patterns, sign=+1.0)
         except RllcError as e:
             notes.append(f"{key}: {e}")
             continue
-        rows.append(t.assign(probe=key, type=t.component.map(types)))
-    aucs = (pd.concat(rows)[["probe", "component", "type", "pattern", "auc", "positives", "negatives"]]
-            if rows else pd.DataFrame(columns=["probe", "component", "type", "pattern", "auc", "positives",
-                                               "negatives"]))
+        # How well each token's χ is resolved: the median over tokens of |χ_i| / its standard error over chains.
+        snr = {c: float(np.nanmedian(np.abs(a["chi"]) / a["chi_se"])) if "chi_se" in a else np.nan
+               for c, a in arrays.items()}
+        rows.append(t.assign(probe=key, type=t.component.map(types), auc_contribution=tc.auc.to_numpy(),
+                             chi_snr=t.component.map(snr)))
+    cols = ["probe", "component", "type", "pattern", "auc", "auc_contribution", "chi_snr", "positives", "negatives"]
+    aucs = pd.concat(rows)[cols] if rows else pd.DataFrame(columns=cols)
     heads = sorted({c for c in chi_rows.component if c in types}, key=_component_order)
     mats = response_matrices(sus[sus.measure.str.startswith(SUSCEPTIBILITY)], components=heads)
     clusters, ari = pd.DataFrame(columns=["component", "type", "cluster"]), None

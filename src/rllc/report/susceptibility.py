@@ -190,7 +190,10 @@ def _ground_truth(doc: Any, r: Any) -> list[str]:
         out.append(doc.table(gt.aucs, f"Ground truth at step {gt.step}: ROC AUC of ranking each labelled synthetic "
                                       "probe's positions by −χ against the positions whose prediction the head's "
                                       "type implements (induction and previous-token heads: INDUCTION|REPEAT); "
-                                      "1 is a perfect ranking, 0.5 none, the target 0.8."))
+                                      "1 is a perfect ranking, 0.5 none, the target 0.8. auc_contribution ranks "
+                                      "by the per-token LLC contribution instead; chi_snr is the median |χ_i| / "
+                                      "s.e. over the probe's tokens (below ~2 the per-token χ is mostly sampling "
+                                      "noise: more draws resolve it)."))
     if gt.ari is not None:
         k = gt.clusters.type.nunique()
         out.append(doc.table(gt.clusters, f"Heads clustered (k-means, k = {k} types) on the two leading singular "
