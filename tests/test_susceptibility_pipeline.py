@@ -150,14 +150,4 @@ def test_check_run_and_the_report_section_read_the_stored_susceptibilities(run_d
     page = write_report(run_dir).read_text()
     assert "response to probe data" in page
     assert "Response matrix (heads × probes)" in page and "Ground truth at step 40" in page
-    assert page.count("class=tok") >= 2 * 4 * (run.config.model.n_ctx)  # 2 probes × 4 heads × a sequence in context
-
-
-def test_attribution_html_colours_tokens_by_sign_on_the_predicted_token():
-    from rllc.report.susceptibility import attribution_html
-
-    out = attribution_html(["a", "<b>", "c"], np.array([-2.0, 1.0]), labelled=[True, False])
-    spans = out.split("<span")[1:]
-    assert len(spans) == 3 and "background" not in spans[0]  # the first token predicts; nothing predicts it
-    assert "rgba(214,39,40,1.00)" in spans[1] and "underline" in spans[1] and "&lt;b&gt;" in spans[1]
-    assert "rgba(31,119,180,0.50)" in spans[2] and "underline" not in spans[2]
+    assert page.count("class=attr") == 2 * 4 * 2  # 2 probes × 4 heads × 2 sequences in context

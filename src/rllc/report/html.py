@@ -906,9 +906,7 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace
 details { margin: 8px 0; } summary { cursor: pointer; color: var(--accent); }
 .note { color: var(--muted); font-size: 13.5px; }
 .missing { background: #fff8e6; border-left: 4px solid #e0a800; padding: 6px 12px; font-size: 13.5px; }
-.seq { font-family: ui-monospace, monospace; font-size: 12px; line-height: 1.9; white-space: pre-wrap; display: inline; }
-.tok { padding: 1px 0; border-radius: 2px; }
-.attr { margin: 2px 0; }
+.attr { margin: 2px 0; font-size: 12px; line-height: 1.9; }
 .warn, .warnlist { background: #fdecec; border-left: 4px solid #c62828; padding: 6px 12px; font-size: 13.5px; }
 .warnlist { padding-left: 32px; }
 .ok { background: #eaf6ec; border-left: 4px solid #2e7d32; padding: 6px 12px; font-size: 13.5px; }

@@ -25,6 +25,7 @@ from rllc.analysis.susceptibility import (  # noqa: E402
     SUSCEPTIBILITY, check_run, response_matrices, response_svd, select_rows,
 )
 from rllc.model.components import head_index, is_head_name  # noqa: E402
+from rllc.report.attributions import token_row_html  # noqa: E402
 
 _MAX_HEATMAPS = 6
 _LAYER_CMAPS = ("Blues", "Reds", "Greens", "Purples")
@@ -105,34 +106,6 @@ def plot_curves(sus: pd.DataFrame, llc: pd.DataFrame, types: Mapping[str, str]) 
     axes[0].legend(fontsize=5, ncol=2)
     fig.tight_layout()
     return fig
-
-
-def attribution_html(pieces: Sequence[str], values: np.ndarray, *, scale: float | None = None,
-                     labelled: Sequence[bool] | None = None) -> str:
-    """One sequence with a signed colour behind each token.
-
-    Args:
-        pieces: the decoded tokens of the sequence (n_ctx,).
-        values: (T,) per-token values (T = n_ctx − 1: value t belongs to the prediction made at token t, so it is
-            drawn on token t + 1, the token predicted); red for negative, blue for positive, white for 0.
-        scale: |value| of full colour (default: the largest |value|).
-        labelled: (T,) optional ground-truth flags of the predictions, underlined.
-
-    Returns:
-        An HTML fragment (spans with inline styles; the value in each token's title).
-    """
-    v = np.asarray(values, dtype=float)
-    scale = float(np.nanmax(np.abs(v))) if scale is None else float(scale)
-    scale = scale if scale > 0 and np.isfinite(scale) else 1.0
-    out = [f"<span class=tok>{html.escape(pieces[0])}</span>"]
-    for t, piece in enumerate(pieces[1:]):
-        x = v[t] if t < len(v) else np.nan
-        a = 0.0 if not np.isfinite(x) else min(abs(x) / scale, 1.0)
-        rgb = "214,39,40" if x < 0 else "31,119,180"
-        under = ";text-decoration:underline" if labelled is not None and t < len(labelled) and labelled[t] else ""
-        out.append(f'<span class=tok title="{x:.3g}" style="background:rgba({rgb},{a:.2f}){under}">'
-                   f"{html.escape(piece)}</span>")
-    return "<div class=seq>" + "".join(out) + "</div>"
 
 
 def section(doc: Any, r: Any) -> list[str]:
@@ -226,15 +199,13 @@ def _attributions(doc: Any, r: Any, sus: pd.DataFrame, store: Any, pr: Mapping[s
         scale = max(float(np.nanmax(np.abs(a["chi"][:n_seq]))) for a in arrays.values())
         parts = [f"<h4>{html.escape(key)}</h4>"]
         for i in range(min(n_seq, len(tokens))):
-            pieces = [tok.id_to_token(int(t)) or "?" for t in tokens[i]]
-            pieces = [p.replace("Ġ", " ").replace("Ċ", "⏎") for p in pieces]
             for c in heads:
                 if c in arrays:
-                    parts.append(f"<div class=attr><b>{html.escape(c)}</b> "
-                                 f"{attribution_html(pieces, arrays[c]['chi'][i], scale=scale)}</div>")
+                    row = token_row_html(tokens[i], arrays[c]["chi"][i], decode=tok.id_to_token, scale=scale)
+                    parts.append(f"<div class=attr><b>{html.escape(c)}</b> {row}</div>")
         blocks.append("".join(parts))
     if not blocks:
         return []
-    return [f"<p>Per-token susceptibilities at step {last} in context (red: χ < 0, the token's loss rises with "
-            "the head's loss shift; blue: χ > 0; one colour scale per probe; the colour sits on the predicted "
+    return [f"<p>Per-token susceptibilities at step {last} in context (blue: χ < 0, the token's loss rises with "
+            "the head's loss shift; red: χ > 0; one colour scale per probe; the colour sits on the predicted "
             "token; hover for the value).</p>", *blocks]
