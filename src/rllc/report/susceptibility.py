@@ -45,14 +45,22 @@ def plot_response(matrices: Mapping[int, pd.DataFrame], *, max_panels: int = _MA
     over training."""
     steps = _spread(list(matrices), max_panels)
     vmax = max(float(np.nanmax(np.abs(matrices[s].to_numpy()))) for s in steps) or 1.0
-    fig, axes = plt.subplots(1, len(steps) + 1, figsize=(2.1 * len(steps) + 3.6, 3.4),
-                             gridspec_kw={"width_ratios": [1] * len(steps) + [1.7]})
+    fig = plt.figure(figsize=(2.1 * len(steps) + 3.6, 3.4))
+    grid = fig.add_gridspec(1, len(steps) + 1, width_ratios=[1] * len(steps) + [1.7])
+    first = fig.add_subplot(grid[0, 0])
+    axes = [first, *(fig.add_subplot(grid[0, i], sharey=first) for i in range(1, len(steps))),
+            fig.add_subplot(grid[0, len(steps)])]
     for ax, s in zip(axes, steps):
         m = matrices[s]
         im = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_title(f"step {s}", fontsize=8)
         ax.set_xticks(range(m.shape[1]), [_short(p) for p in m.columns], rotation=60, fontsize=6, ha="right")
-        ax.set_yticks(range(m.shape[0]), list(m.index) if ax is axes[0] else [], fontsize=6)
+        if ax is axes[0]:
+            ax.set_yticks(range(m.shape[0]), list(m.index), fontsize=6)
+            ax.set_ylabel("head", fontsize=7)
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_xlabel("probe", fontsize=7)
     fig.colorbar(im, ax=list(axes[: len(steps)]), shrink=0.8, label="mean χ per probe token")
     ax = axes[-1]
     all_steps = sorted(matrices)
@@ -62,6 +70,7 @@ def plot_response(matrices: Mapping[int, pd.DataFrame], *, max_panels: int = _MA
     ax.set_xscale("symlog", linthresh=max(1, min([s for s in all_steps if s > 0], default=1)))
     ax.set_xlabel("step", fontsize=8)
     ax.set_title("leading singular values", fontsize=8)
+    ax.set_ylabel("singular value", fontsize=8)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
     return fig
@@ -95,8 +104,10 @@ def plot_curves(sus: pd.DataFrame, llc: pd.DataFrame, types: Mapping[str, str]) 
             if d["std"].notna().any():
                 ax.fill_between(d.step, d.value - d["std"], d.value + d["std"], color=kw["color"], alpha=0.15, lw=0)
     axes[0].set_title("rLLC λ̂ (same chains)", fontsize=8)
+    axes[0].set_ylabel("λ̂", fontsize=8)
     for ax, p in zip(axes[1:], probes):
         ax.set_title(f"χ on {_short(p, 28)}", fontsize=8)
+        ax.set_ylabel("mean χ per token", fontsize=8)
         ax.axhline(0, color="0.6", lw=0.6)
     steps = sorted(set(s.step))
     for ax in axes:
