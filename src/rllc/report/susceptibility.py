@@ -68,6 +68,7 @@ def plot_response(matrices: Mapping[int, pd.DataFrame], *, max_panels: int = _MA
     for i in range(min(3, svals.shape[1])):
         ax.plot(all_steps, svals[:, i], marker=".", label=f"σ{i + 1}")
     ax.set_xscale("symlog", linthresh=max(1, min([s for s in all_steps if s > 0], default=1)))
+    ax.set_xlim(left=0)
     ax.set_xlabel("step", fontsize=8)
     ax.set_title("leading singular values", fontsize=8)
     ax.set_ylabel("singular value", fontsize=8)
@@ -112,6 +113,7 @@ def plot_curves(sus: pd.DataFrame, llc: pd.DataFrame, types: Mapping[str, str]) 
     steps = sorted(set(s.step))
     for ax in axes:
         ax.set_xscale("symlog", linthresh=max(1, min([x for x in steps if x > 0], default=1)))
+        ax.set_xlim(left=0)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=5, ncol=2)
