@@ -22,6 +22,7 @@ from rllc.analysis.over_training import HeadAnalysisConfig, analyze_heads, plan_
 from rllc.analysis.token_contexts import TokensInContextConfig
 from rllc.pipeline import MEASURES, Measure, ResultRow, data_key, plan_family, run_plan, run_task, select_steps
 from rllc.sweep import SweepConfig, plan_sweep, run_sweep
+from rllc.sweep.susceptibility import ProbeConfig, plan_susceptibility
 
 FAST = dict(chains=2, draws=4, batch_size=4, init_batches=1)
 LLC = SweepConfig(SweepConfig().sampler.replace(**FAST), 16)
@@ -40,11 +41,14 @@ def _rows(run_dir: Path) -> dict[tuple, tuple]:
 
 
 def _every_family(run_dir: Path):
-    """One plan with every registered family: LLC (heads and full model), the head analysis, three Hessians."""
+    """One plan with every registered family: LLC (heads and full model), the head analysis, three Hessians,
+    susceptibilities."""
     plan = plan_sweep(run_dir, components="0:0,1:1,all", data="pretrain", steps="0,40", config=LLC)
     plan = plan + plan_heads(run_dir, "0,40", config=HEADS)
     for m in ("trace", "fim", "rank"):
         plan = plan + plan_hessian(run_dir, measure=m, components="0:1,all", steps="40", config=HESSIAN)
+    plan = plan + plan_susceptibility(run_dir, probes=ProbeConfig(("synthetic.induction",), n_samples=2),
+                                      components="1:0", steps="0,40", config=LLC)
     assert {t.family for t in plan.tasks} == set(MEASURES)
     return plan
 
