@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ablations, composition, head types); find the developmental stages of the LLC "
                                    "and time the induction heads' formation against them; write figures and one "
                                    "HTML report that opens with the sampler, its bias against the paper's and the "
-                                   "paper's findings with verdicts. About 11–12 minutes on 2 idle cores (543 s "
-                                   "measured with 30 burn-in steps; ≤ 690 s extrapolated with the 50 now); "
+                                   "paper's findings with verdicts. About 17 minutes on 2 idle cores (996 s "
+                                   "measured, over the 15-minute budget: see the README); "
                                    "interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
