@@ -3,7 +3,8 @@ probes observed at every draw (issue 14 item 4: target ≤ 1.3× for 4 probes ×
 
 Run: python benchmarks/bench_susceptibility.py [--run RUN_DIR] [--reps R] [--draws N] [--probe-samples N]
 Model: the last checkpoint of RUN_DIR (default: a cpu-preset model at initialisation on random windows), every head
-(one per-head sampler call), the demo's sampler (4 chains × 20 draws of batch 8 after 30 burn-in steps, paired)
+(one per-head sampler call), the demo's sampler (4 chains × 20 draws of batch 8 after 50 burn-in steps, paired; the probes are evaluated at
+draws only)
 on 512 windows. Probes: 4 data sets × 8 windows × 64 tokens = 4 × 512 tokens. The two variants are interleaved
 within each repetition and the median ratio is reported, so machine load hits both alike; one intra-op thread.
 Two levels: the engine (`estimate_llc_many` against `rllc.susceptibilities`) and the pipeline task (the "llc"
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--probe-samples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--burn-in", type=int, default=50, help="burn-in steps (the demo's sampler: 50)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -41,7 +43,7 @@ def main() -> None:
     from rllc.llc import SamplerConfig, estimate_llc_many
     from rllc.model import ModelConfig, Transformer, heads
 
-    cfg = SamplerConfig(paired=True).replace(chains=4, draws=args.draws, batch_size=8, burn_in=30)
+    cfg = SamplerConfig(paired=True).replace(chains=4, draws=args.draws, batch_size=8, burn_in=args.burn_in)
     if args.run:
         from rllc.train import load_run
 

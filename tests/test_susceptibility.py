@@ -196,7 +196,7 @@ def test_batched_probe_evaluation_equals_the_loop(paired):
     probes = {"a": torch.randint(0, 37, (3, 12), generator=g), "b": torch.randint(0, 37, (2, 12), generator=g),
               "short": torch.randint(0, 37, (2, 7), generator=g)}  # a and b share one forward, short has its own
     kw = dict(chains=3, draws=4, batch_size=4, seed=2, paired=paired)
-    comps = ["0:1", "layer:1", None]
+    comps = ["0:1", "1:2", "layer:1", None]  # heads of both layers (HeadEval), a layer and the full model (stacked)
     obs = dict(probes=probes, cross=["a"], minibatch=True)
     fast = estimate_llc_many(model, tokens, comps, observe=Observe(**obs), **kw)
     ref = estimate_llc_many(model, tokens, comps, observe=Observe(**obs, batched=False), **kw)
@@ -207,6 +207,53 @@ def test_batched_probe_evaluation_equals_the_loop(paired):
         assert f.observed.paired == paired
     # φ is the chain's loss shift: nβ · its chain mean is the chain's λ̂.
     np.testing.assert_allclose(kw_nbeta(fast[0]) * fast[0].observed.phi_mean, fast[0].per_chain, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fold_budget", [None, 0])
+def test_head_probe_evaluation_equals_the_loop(monkeypatch, fold_budget):
+    # Single heads (probe_eval.HeadEval): only the moving head recomputed at its layer, the last layer's
+    # unembedding folded through the head's span (kept per probe, or rebuilt per call past the budget).
+    from rllc.llc import probe_eval
+    from rllc.llc.layout import Layout
+    from rllc.model import ModelConfig, Transformer
+    from rllc.model.components import resolve_masks
+
+    if fold_budget is not None:
+        monkeypatch.setattr(probe_eval, "_MAX_FOLD_CACHE", fold_budget)
+    model = Transformer(ModelConfig(n_layers=3, n_heads=3, d_model=24, d_head=8, n_ctx=12, d_vocab=37), seed=4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    batch = torch.randint(0, 37, (5, 12), generator=g)
+    anchor = {n: p.detach() for n, p in model.named_parameters()}
+    fast, ref = probe_eval.HeadEval(model), probe_eval.LoopEval(model, None)
+    for layer in range(3):
+        heads = [2, 0, 2, 1]
+        names = [f"blocks.{layer}.attn.{k}" for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")]
+        w = {n: anchor[n].expand(len(heads), *anchor[n].shape).clone() for n in names}
+        for i, h in enumerate(heads):
+            for n in names:
+                w[n][i, h] += 0.2 * torch.randn(w[n][i, h].shape, generator=g)
+        want = ref.values(w, batch)
+        for _ in range(2):  # the second call reads the probe's cached w* pieces (and folds)
+            torch.testing.assert_close(fast.values(w, batch, layer, heads), want, rtol=1e-5, atol=1e-5)
+    assert probe_eval.head_of_layout(model, Layout(model, resolve_masks(model, "2:1"))) == (2, 1)
+    assert probe_eval.head_of_layout(model, Layout(model, resolve_masks(model, "layer:1"))) is None
+
+
+def test_probes_are_evaluated_at_draws_only(monkeypatch):
+    # Burn-in steps and the steps between draws never evaluate the probes: one evaluation per recorded draw.
+    from rllc.llc import probe_eval
+
+    calls = []
+    original = probe_eval.HeadEval.values
+    monkeypatch.setattr(probe_eval.HeadEval, "values", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    model = _transformer()
+    tokens = torch.randint(0, 37, (40, 12), generator=torch.Generator().manual_seed(3))
+    estimate_llc_many(model, tokens, ["0:1", "1:2"], observe=Observe(probes={"a": tokens[:3]}), chains=2, draws=3,
+                      burn_in=5, steps_per_draw=2, batch_size=4)
+    assert len(calls) == 3 * 2  # 3 draws × one call per layer (heads of one layer share a call)
 
 
 def kw_nbeta(result):

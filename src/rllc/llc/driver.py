@@ -83,11 +83,22 @@ class _Observer:
         else:
             self.eval = probe_eval.VmapEval(self.model, fn)
         C = chains
-        self.groups: list[tuple[torch.Tensor, int]] = [(torch.arange(len(layouts) * C), 0)]
+        # (rows of the Q·C weight sets, start layer, moving head of each row or None)
+        self.groups: list[tuple[torch.Tensor, int, list[int] | None]] = [(torch.arange(len(layouts) * C), 0, None)]
         if isinstance(self.eval, probe_eval.StackedEval):
-            starts = [self.eval.start_layer(lay.names) for lay in layouts]
-            self.groups = [(torch.tensor([q * C + c for q, s in enumerate(starts) if s == st for c in range(C)]), st)
-                           for st in sorted(set(starts))]
+            # Single heads go through HeadEval (one head recomputed at its layer, the last layer's unembedding
+            # folded), grouped by layer; other components by the lowest layer they move (the stacked forward
+            # starts there, from the probe's cached w* residual).
+            found = [probe_eval.head_of_layout(self.model, lay) for lay in layouts]
+            self.heads_eval = probe_eval.HeadEval(self.model) if any(found) else None
+            keys = [("head", f[0]) if f else ("stack", self.eval.start_layer(lay.names))
+                    for f, lay in zip(found, layouts)]
+            self.groups = []
+            for key in sorted(set(keys)):
+                qs = [q for q, k in enumerate(keys) if k == key]
+                rows = torch.tensor([q * C + c for q in qs for c in range(C)])
+                self.groups.append((rows, key[1], [found[q][1] for q in qs for _ in range(C)]
+                                    if key[0] == "head" else None))
         self.at_anchor, self.shapes = {}, {}
         for name, batch in self.data.items():
             v = (fn or per_token_loss)(self.model, batch)  # (n, ...) at w*
@@ -115,13 +126,14 @@ class _Observer:
         self.mb = [Moments(C, 1) for _ in range(Q)] if obs.minibatch else None
 
     def _probe_values(self, w: dict[str, torch.Tensor], batch: Any) -> np.ndarray:
-        """(Q·C, ...) per-sample losses of every component × chain on a probe, float64: components grouped by the
-        lowest layer they move (the stacked forward starts there, from the probe's cached w* residual)."""
-        if len(self.groups) == 1 and self.groups[0][1] == 0:
+        """(Q·C, ...) per-sample losses of every component × chain on a probe, float64 (by ``self.groups``)."""
+        if len(self.groups) == 1 and self.groups[0][1] == 0 and self.groups[0][2] is None:
             return self.eval.values(w, batch).double().cpu().numpy()
         out = None
-        for rows, start in self.groups:
-            v = self.eval.values({n: t[rows] for n, t in w.items()}, batch, start=start).double().cpu().numpy()
+        for rows, start, heads in self.groups:
+            part = {n: t[rows] for n, t in w.items()}
+            v = (self.eval.values(part, batch, start=start) if heads is None else
+                 self.heads_eval.values(part, batch, start, heads)).double().cpu().numpy()
             if out is None:
                 out = np.empty((len(self.layouts) * self.chains, *v.shape[1:]))
             out[rows.numpy()] = v

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rllc.llc import unembed
 from rllc.llc._data import BatchSource
 from rllc.llc.losses import LossFn, next_token_loss
 
@@ -106,6 +107,8 @@ class HeadStrategy:
         self.by_layer = {l: [i for i, (ll, _) in enumerate(self.heads) if ll == l] for l in range(self.L)}
         self.by_layer = {l: idx for l, idx in self.by_layer.items() if idx}
         self.full_cache: _Cache | None = None  # full batch (batch_size >= n): one w* forward serves every step
+        self.W_aug = unembed.augmented(self.m.unembed.W_U, self.m.unembed.b_U)  # (D+1, V): bias as an input row
+        self.ws = unembed.Workspace()  # the logits buffer, reused every step
 
     # --------------------------------------------------------------------------------------------- forward at w*
 
@@ -155,6 +158,13 @@ class HeadStrategy:
         W_U, b_U = self.m.unembed.W_U, self.m.unembed.b_U
         D, V = W_U.shape
         rows = targets.shape[0] * targets.shape[1]  # per component
+        if self.ref is None:  # next tokens: the V-sized work of `unembed.py` (one fused softmax, a kept buffer)
+            flat = h.detach().reshape(-1, D)
+            tgt = targets.reshape(-1).repeat(Q)
+            if not grad:
+                return unembed.token_nll(flat, self.W_aug, tgt, self.ws).view(Q, rows).mean(1), None
+            losses, dh = unembed.mean_nll_and_grad(flat, self.W_aug, tgt, Q, self.ws)
+            return losses, dh.view_as(h)
         with torch.no_grad():
             logits = torch.addmm(b_U, h.detach().reshape(-1, D), W_U)  # (Q·rows, V)
             if self.ref is None:

@@ -1,0 +1,108 @@
+"""The unembedding and next-token cross-entropy of the per-head paths: V-sized work written once, read once.
+
+On CPU at the cpu preset's sizes (rows 2016 × d_model 64 × vocab 1024, 8 MiB of logits) what costs is not the
+GEMM's FLOPs but the passes over the logits. Measured with one thread (thread CPU time, median of 60, machine at
+load ~6; /work/notes/s11head.md): ``torch.addmm(b, h, W)`` into a fresh tensor 4.3 ms, the same product with the
+bias folded in as a (D+1)-th input column (``h_aug @ W_aug``) into a kept buffer 1.9 ms — the broadcast copy of the
+bias and the first touch of a freshly allocated 8 MiB tensor are more than half of it. Then one fused
+``torch.softmax`` in place (1.3 ms) replaces max, subtract, exp and sum passes (1.7 ms), and the gradient's one-hot
+is subtracted in d_model space (``probs @ Wᵀ − W[:, target]ᵀ``) instead of in the logits.
+
+−log p_target is read off the softmax; where p_target underflows (< 1e-30) those rows are recomputed exactly with
+``log_softmax`` from their logits, so a loss stays finite wherever log-sum-exp − logit is (the divergence test
+reads it). Tests check both functions equal the plain formula to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_TINY = 1e-30  # p_target below this: −log p is recomputed exactly from the row's logits
+
+
+class Workspace:
+    """Buffers reused across calls (one per name, grown when a call needs more): the logits of every step would
+    otherwise be a fresh 8 MiB tensor each time. Not shared between threads (each strategy object owns one)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < rows * cols or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._bufs[name] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+        return buf[:rows * cols].view(rows, cols)
+
+
+def augmented(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[W; b] (D+1, V): the unembedding with its bias as one more input row."""
+    return torch.cat([W, b[None]], 0)
+
+
+def _logits(h: torch.Tensor, W_aug: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """h (rows, D) @ W + b as [h, 1] @ W_aug, written into the workspace's logits buffer (rows, V)."""
+    rows, D = h.shape
+    h_aug = ws.get("h_aug", rows, D + 1, h)
+    h_aug[:, :D].copy_(h)
+    h_aug[:, D].fill_(1.0)
+    return torch.mm(h_aug, W_aug, out=ws.get("logits", rows, W_aug.shape[1], h))
+
+
+def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor, exact_rows) -> torch.Tensor:  # noqa: ANN001
+    """Overwrites ``logits`` (rows, V) with its softmax; returns −log p_target per row (rows,).
+
+    Where p_target underflows (< 1e-30) those rows are recomputed exactly with ``log_softmax`` of
+    ``exact_rows(index) -> (k, V)``, their logits.
+    """
+    at = torch.arange(len(targets), device=logits.device)
+    if logits.device.type == "cpu":
+        torch.softmax(logits, 1, out=logits)  # in place: the CPU kernel works row by row, element by element
+    else:
+        logits.copy_(torch.softmax(logits, 1))
+    p = logits[at, targets]
+    out = p.log().neg_()
+    low = torch.nonzero(p < _TINY).flatten()
+    if len(low):
+        out[low] = -torch.log_softmax(exact_rows(low), 1).gather(1, targets[low, None]).squeeze(1)
+    return out
+
+
+def _exact(h: torch.Tensor, W_aug: torch.Tensor):  # noqa: ANN202
+    return lambda idx: torch.addmm(W_aug[-1], h[idx], W_aug[:-1])
+
+
+@torch.no_grad()
+def token_nll(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """Per-row next-token cross-entropy of logits h W + b.
+
+    Args:
+        h: (rows, D), the final LayerNorm's output at the predicting positions.
+        W_aug: (D+1, V) from ``augmented(W_U, b_U)``.
+        targets: (rows,) next tokens.
+        ws: the caller's workspace.
+
+    Returns:
+        (rows,) −log softmax(h W + b)[target].
+    """
+    return softmax_nll_(_logits(h, W_aug, ws), targets, _exact(h, W_aug))
+
+
+@torch.no_grad()
+def mean_nll_and_grad(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tensor, groups: int,
+                      ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean cross-entropy of each of ``groups`` equal blocks of rows, and d(Σ of the means)/dh in closed form:
+    ((softmax − onehot(target)) Wᵀ) / rows-per-group.
+
+    Args:
+        h: (groups·rows, D); W_aug: (D+1, V); targets: (groups·rows,); ws: the caller's workspace.
+
+    Returns:
+        (losses (groups,), dh (groups·rows, D)).
+    """
+    n, D = h.shape
+    rows = n // groups
+    probs = _logits(h, W_aug, ws)
+    nll = softmax_nll_(probs, targets, _exact(h, W_aug))
+    W = W_aug[:-1]  # (D, V)
+    dh = torch.mm(probs, W.T).sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
+    return nll.view(groups, rows).mean(1), dh
