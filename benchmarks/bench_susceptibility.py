@@ -14,6 +14,7 @@ measure's rows against the "susceptibility" measure's rows and arrays).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -23,9 +24,11 @@ PROBES = ("code", "prose", "synthetic.induction", "synthetic.repeat")
 
 
 def _timed(fn):
-    t = time.perf_counter()
+    """(wall seconds, process CPU seconds, result): with one thread the CPU time is the work itself, free of the
+    waits for a core that a loaded machine adds to the wall time."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main() -> None:
@@ -62,19 +65,24 @@ def main() -> None:
     n_tok = sum(t.shape[0] * (t.shape[1] - 1) for t in probes.values())
     print(f"{where}; {len(comps)} heads; {cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}, burn-in "
           f"{cfg.burn_in}, paired; probes {len(probes)} x {args.probe_samples} windows ({n_tok} predicted tokens)")
-    plain_t, probe_t = [], []
+    plain_t, probe_t, plain_c, probe_c = [], [], [], []
+    load = os.getloadavg()[0]
     for rep in range(args.reps):
-        t0, a = _timed(lambda: estimate_llc_many(model, data, comps, config=cfg, progress=False))
-        t1, b = _timed(lambda: susceptibilities(model, data, comps, probes=probes, config=cfg, paired=True,
-                                                progress=False))
+        t0, c0, a = _timed(lambda: estimate_llc_many(model, data, comps, config=cfg, progress=False))
+        t1, c1, b = _timed(lambda: susceptibilities(model, data, comps, probes=probes, config=cfg, paired=True,
+                                                    progress=False))
         same = max(abs(x.mean - b.llc[n].mean) for x, n in zip(a, b.components))
         plain_t.append(t0)
         probe_t.append(t1)
-        print(f"rep {rep}: plain {t0:.2f} s, with probes {t1:.2f} s, ratio {t1 / t0:.3f}; "
-              f"max |λ̂ difference| {same:.2e}")
+        plain_c.append(c0)
+        probe_c.append(c1)
+        print(f"rep {rep}: plain {t0:.2f} s (CPU {c0:.2f} s), with probes {t1:.2f} s (CPU {c1:.2f} s), ratio "
+              f"{t1 / t0:.3f} (CPU {c1 / c0:.3f}); max |λ̂ difference| {same:.2e}")
     ratios = [b / a for a, b in zip(plain_t, probe_t)]
+    cpu = [b / a for a, b in zip(plain_c, probe_c)]
     print(f"engine: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
-          f" median ratio {statistics.median(ratios):.3f} (target <= 1.3)")
+          f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
+          f" load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":
