@@ -5,10 +5,11 @@ every other weight stays at w*. So, on each chain's minibatch, one forward at w*
 paired differences, is the loss at w*): it caches each layer's residual stream, LayerNorm outputs and per-head
 attention outputs z. Component l:h then recomputes only head h of layer l — the other heads' outputs are the
 cached ones — and the layers above it, and backpropagates only that far. What it cannot share is the unembedding
-and the cross-entropy over the vocabulary, which every component pays in full; on CPU those V-sized passes
-dominate the cpu preset's step (vocab 1024 against d_model 64), so the saving per component is the lower layers
-and the other heads (measured in benchmarks/bench_llc.py). Components of one layer run stacked on a component
-axis while their logits stay under `_MAX_LOGITS` elements, one autograd backward per stack.
+and the cross-entropy over the vocabulary, which every component pays in full; on CPU those dominate the cpu
+preset's step (vocab 1024 against d_model 64), so they are written once into a kept buffer and read back through
+one fused softmax (`unembed.py`), and the saving per component is the lower layers and the other heads (measured
+in benchmarks/bench_llc.py). Components of one layer run stacked on a component axis while their logits stay
+under `_MAX_LOGITS` elements, one autograd backward per stack.
 
 It is a gradient strategy on the one chain driver (`driver.py`): the driver hands it the heads' flat positions
 (the heads' ``Layout``) and the chains' minibatch indices and steps the kernel, so it walks the same chains as
@@ -33,12 +34,13 @@ from rllc.llc.losses import LossFn, next_token_loss
 
 # The seven per-head parameters, in `named_parameters` order (the order the reference loop draws noise in).
 HEAD_PARAMS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
-# Components of one layer run stacked while their logits stay under this many elements (8 MiB in float32). On CPU
-# stacking more buys nothing: with rllc's allocator setting (rllc/_alloc.py), 8 heads × 4 chains × 10 draws at batch
-# 32 took 6.09, 6.14, 6.33, 5.81 s with 2, 4, 8, 16 Mi-element chunks (median of 3; before that setting, larger
-# chunks were ~1.5× slower). So at batch 32 (32 × 64 × 1024 logits per component) the components run one at a
-# time, at the demo's batch 8 four at a time.
-_MAX_LOGITS = 1 << 21
+# Components of one layer run stacked while their logits stay under this many elements (32 MiB in float32, one
+# buffer kept across steps: `unembed.Workspace`). Measured with one thread on the demo's last checkpoint, 8 heads ×
+# 4 chains at batch 32 (thread CPU time per head-chain step, median of 7 interleaved, load ~14): 23.3 ms with 2 Mi
+# elements (one head at a time), 18.6 / 19.0 / 18.9 ms with 8 / 16 / 32 Mi (the four heads of a layer at once); at
+# batch 8 (four heads per stack already at 2 Mi) 6.3 ms whatever the size. With a fresh logits tensor per call
+# (before `unembed.py`) larger stacks bought nothing.
+_MAX_LOGITS = 1 << 23
 
 
 def head_of(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> tuple[int, int] | None:
