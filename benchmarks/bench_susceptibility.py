@@ -7,8 +7,10 @@ Model: the last checkpoint of RUN_DIR (default: a cpu-preset model at initialisa
 draws only)
 on 512 windows. Probes: 4 data sets × 8 windows × 64 tokens = 4 × 512 tokens. The two variants are interleaved
 within each repetition and the median ratio is reported, so machine load hits both alike; one intra-op thread.
-Two levels: the engine (`estimate_llc_many` against `rllc.susceptibilities`) and the pipeline task (the "llc"
-measure's rows against the "susceptibility" measure's rows and arrays).
+Two levels: the engine (`estimate_llc_many` against `rllc.susceptibilities`) and, with --pipeline, the pipeline
+task (`run_sweep` of the heads at the last checkpoint: the "llc" measure's rows against the "susceptibility"
+measure's rows and arrays, stored). Wall and process CPU time are both printed: with one thread on a loaded machine
+the CPU time is the work itself.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def main() -> None:
     ap.add_argument("--probe-samples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--burn-in", type=int, default=50, help="burn-in steps (the demo's sampler: 50)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also time the pipeline task (needs --run): `rllc sweep` of the heads at the last "
+                         "checkpoint on the demo's 512 pre-training windows, plain against --probes, on a copy of RUN")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -83,6 +88,37 @@ def main() -> None:
     print(f"engine: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
           f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
           f" load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    if args.pipeline and args.run:
+        _pipeline(args, cfg)
+
+
+def _pipeline(args, cfg) -> None:  # noqa: ANN001
+    """The pipeline task: run_sweep of every head at the last checkpoint (the demo's sweep settings), plain against
+    with the demo's 4 probes, on a scratch copy of the run; a fresh sampler seed per variant and repetition, so
+    every repetition computes its rows (nothing resumes)."""
+    import shutil
+    import tempfile
+
+    from rllc.sweep import run_sweep
+
+    kw = dict(components="heads", data="pretrain", steps="last", chains=cfg.chains, draws=cfg.draws,
+              batch_size=cfg.batch_size, burn_in=cfg.burn_in, paired=True, n_samples=512, progress=False)
+    plain_c, probe_c, plain_t, probe_t = [], [], [], []
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = shutil.copytree(args.run, f"{tmp}/run")
+        for rep in range(args.reps):
+            t0, c0, _ = _timed(lambda: run_sweep(run, seed=1000 + 2 * rep, **kw))
+            t1, c1, _ = _timed(lambda: run_sweep(run, seed=1001 + 2 * rep, probes=",".join(PROBES),
+                                                 probe_samples=args.probe_samples, **kw))
+            plain_t.append(t0), plain_c.append(c0), probe_t.append(t1), probe_c.append(c1)
+            print(f"pipeline rep {rep}: plain {t0:.2f} s (CPU {c0:.2f} s), with probes {t1:.2f} s (CPU {c1:.2f} s), "
+                  f"ratio {t1 / t0:.3f} (CPU {c1 / c0:.3f})")
+    ratios = [b / a for a, b in zip(plain_t, probe_t)]
+    cpu = [b / a for a, b in zip(plain_c, probe_c)]
+    print(f"pipeline: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
+          f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
+          f" {torch.get_num_threads()} thread(s); load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":
