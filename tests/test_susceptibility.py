@@ -41,8 +41,10 @@ def _exact(X, y, wstar, nbeta, gamma, block, epsilon=0.0):
     s = X @ S @ X.T  # s_ij = x_iᵀ Σ x_j
     var_phi = 0.5 * np.trace(H @ S @ H @ S)
     cov_phi_l = 0.5 * np.einsum("id,de,ie->i", X, S @ H @ S, X)
+    cov_ll = np.outer(r, r) * s + 0.5 * s**2
     return dict(llc=nbeta * 0.5 * np.trace(H @ S), var_phi=var_phi, cov_phi_l=cov_phi_l,
-                chi=var_phi - cov_phi_l, contrib=nbeta * 0.5 * np.diag(s), cov_ll=np.outer(r, r) * s + 0.5 * s**2)
+                chi=var_phi - cov_phi_l, contrib=nbeta * 0.5 * np.diag(s), cov_ll=cov_ll,
+                std_chi=-cov_phi_l / np.sqrt(var_phi * np.diag(cov_ll)))
 
 
 def _per_sample(m, batch):
@@ -73,6 +75,7 @@ def _estimates(block, **kw):
     est = dict(llc=r.mean, var_phi=float(np.mean(ob.phi_var)), cov_phi_l=ob.probes["train"].cov_phi.mean(0),
                chi=response.susceptibility(ob, "train"),
                contrib=response.token_contributions(ob, "train", cfg["nbeta"]),
+               std_chi=response.standardized_susceptibility(ob, "train"),
                cov_ll=response.influence(ob, "train", "covariance"))
     return est, X, y, wstar, cfg
 
@@ -85,7 +88,7 @@ def _rel(est, exact):
 @pytest.mark.parametrize("block", [None, [0, 2]])
 def test_closed_form_linear_regression(block):
     # The full model and a weight-restricted block (coordinates 0 and 2 move): λ̂, Var(φ), Cov(φ, ℓ_i), χ_i,
-    # per-sample contributions nβ(E[ℓ_i] − ℓ_i(w*)) and the influence matrix Cov(ℓ_i, ℓ_j) within 10% (relative
+    # the standardised r_i = −Corr(φ, ℓ_i), per-sample contributions nβ(E[ℓ_i] − ℓ_i(w*)) and the influence matrix Cov(ℓ_i, ℓ_j) within 10% (relative
     # error of the vector/matrix in the Frobenius norm) of the exact values of SGLD's stationary Gaussian at this ε.
     # Against the ε → 0 posterior N(w*, (nβH + γI)⁻¹) the O(ε) bias adds εa/4 ≈ 4% to Σ, ≈ 8% to its squares
     # (test_closed_form_small_step, slow, checks that limit with a 4× smaller step).

@@ -228,11 +228,13 @@ class GroundTruth:
         data, config_hash: the sampling data set and settings of the susceptibilities checked.
         step: the last checkpoint (where the AUCs are taken).
         aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc (of −χ),
-            auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i| / s.e. over its tokens: below
+            auc_standardized (of −r, r_i = −Corr(φ, ℓ_i) the standardised susceptibility; NaN for stores written
+            before it was recorded), auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i| / s.e. over its tokens: below
             ~2 the per-token values are mostly sampling noise), positives, negatives.
         clusters: per head: component, type, cluster (k-means on the response matrix over training).
         ari: adjusted Rand index of those clusters against the types (None when it cannot be formed).
         checkpoints: how many checkpoints the response matrix over training spans.
+        sampler: the sampler the susceptibilities were estimated with, in words ("4 chains × 20 draws, batch 8").
     """
 
     data: str
@@ -243,15 +245,18 @@ class GroundTruth:
     ari: float | None
     checkpoints: int
     notes: list[str] = field(default_factory=list)
+    sampler: str = "?"
 
     def lines(self) -> list[str]:
         """One-line summaries (what `rllc demo` prints)."""
         out = []
         for probe, g in self.aucs.groupby("probe", sort=False):
-            heads = ", ".join(f"{c} ({t}) {a:.2f}" for c, t, a in zip(g.component, g.type, g.auc))
-            out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ against the "
-                       f"labelled positions: {heads} (target ≥ 0.8; median per-token |χ|/s.e. "
-                       f"{g.chi_snr.median():.2f})")
+            heads = ", ".join(f"{c} ({t}) {a:.2f}" + (f" / {b:.2f}" if np.isfinite(b) else "")
+                              for c, t, a, b in zip(g.component, g.type, g.auc, g.auc_standardized))
+            std = " / of the standardised −r = Corr(φ, ℓ_i)" if np.isfinite(g.auc_standardized).any() else ""
+            out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ{std} against the "
+                       f"labelled positions: {heads} (target ≥ 0.8; sampler {self.sampler}; median per-token "
+                       f"|χ|/s.e. {g.chi_snr.median():.2f})")
         if self.ari is not None:
             out.append(f"response matrix over {self.checkpoints} checkpoints: heads clustered on its leading singular "
                        f"vectors agree with the head types at adjusted Rand index {self.ari:.2f}")
@@ -291,6 +296,7 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         arrays = {c: store.arrays((last, c, data, m, chash)) for c, m in zip(d.component, d.measure) if c in patterns}
         try:
             t = head_aucs({c: a["chi"] for c, a in arrays.items()}, labels, patterns)
+            ts = head_aucs({c: a["chi_std"] for c, a in arrays.items() if "chi_std" in a}, labels, patterns)
             tc = head_aucs({c: a["contribution"] for c, a in arrays.items()}, labels, patterns, sign=+1.0)
         except RllcError as e:
             notes.append(f"{key}: {e}")
@@ -298,9 +304,11 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         # How well each token's χ is resolved: the median over tokens of |χ_i| / its standard error over chains.
         snr = {c: float(np.nanmedian(np.abs(a["chi"]) / a["chi_se"])) if "chi_se" in a else np.nan
                for c, a in arrays.items()}
-        rows.append(t.assign(probe=key, type=t.component.map(types), auc_contribution=tc.auc.to_numpy(),
-                             chi_snr=t.component.map(snr)))
-    cols = ["probe", "component", "type", "pattern", "auc", "auc_contribution", "chi_snr", "positives", "negatives"]
+        rows.append(t.assign(probe=key, type=t.component.map(types),
+                             auc_standardized=t.component.map(dict(zip(ts.component, ts.auc))).astype(float),
+                             auc_contribution=tc.auc.to_numpy(), chi_snr=t.component.map(snr)))
+    cols = ["probe", "component", "type", "pattern", "auc", "auc_standardized", "auc_contribution", "chi_snr",
+            "positives", "negatives"]
     aucs = pd.concat(rows)[cols] if rows else pd.DataFrame(columns=cols)
     heads = sorted({c for c in chi_rows.component if c in types}, key=_component_order)
     mats = response_matrices(sus[sus.measure.str.startswith(SUSCEPTIBILITY)], components=heads)
@@ -312,7 +320,18 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         ari = type_agreement(labels_k, clusters.type.tolist())
     elif not types:
         notes.append("no head types stored; `rllc heads RUN` labels them")
-    return GroundTruth(data, chash, last, aucs.reset_index(drop=True), clusters, ari, len(mats), notes)
+    return GroundTruth(data, chash, last, aucs.reset_index(drop=True), clusters, ari, len(mats), notes,
+                       sampler_words(store.configs().get(chash, {}).get("sampler", {})))
+
+
+def sampler_words(sampler: Mapping[str, Any]) -> str:
+    """A stored sampler's settings in words: "SGLD ε 0.001, nβ 30, γ 200, 4 chains × 20 draws, batch 8"."""
+    if not sampler:
+        return "?"
+    g = sampler.get
+    return (f"{str(g('sampler', 'sgld')).upper()} ε {g('epsilon', '?')}, nβ {g('nbeta', '?')}, γ {g('gamma', '?')}, "
+            f"{g('chains', '?')} chains × {g('draws', '?')} draws after {g('burn_in', '?')} burn-in, batch "
+            f"{g('batch_size', '?')}{', paired' if g('paired') else ''}")
 
 
 def select_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, str | None, str | None]:

@@ -25,6 +25,20 @@ centres every component's ℓ_i − L on the full model's posterior means). With
 ``reference``, ``susceptibility`` equals devinterp 2.0.1's ``compute_susceptibilities`` on the same draws (tests
 check it to float64 rounding).
 
+**Standardised susceptibility** (``standardized_susceptibility``): the token-dependent part of χ_i on the
+scale of a correlation,
+
+    r_i = −Cov(φ, ℓ_i) / (σ_φ σ_i) = −Corr(φ, ℓ_i),   σ_φ² = Var(φ), σ_i² = Var(ℓ_i),
+
+with within-chain moments pooled over the surviving chains (each chain's covariance and variances about its own
+means, averaged over chains, then divided). χ_i + Cov(φ, L) = −Cov(φ, ℓ_i) = σ_φ σ_i r_i: r_i is χ_i without
+its constant (L's share, the same for every token) and without the token's own posterior spread σ_i, which
+otherwise decides the ranking of tokens by |χ_i|. Why it matters: on a trained model the tokens the model
+predicts badly (high loss, diffuse predictions) have the largest σ_i under *any* perturbation, so −χ_i ranks
+them first for every head; r_i asks how tightly token i's loss follows the component's loss shift instead.
+With minibatch chains σ_φ also holds the minibatch noise of φ, which scales every r_i of a component by one
+constant factor (rankings of tokens are unaffected).
+
 **Per-token LLC contributions**: c_i = nβ (E[ℓ_i] − ℓ_i(w*)); their mean over a probe is the data-refined λ̂
 of the component on that probe (Wang et al. 2024 eq. 4–6, weight- and data-refined).
 
@@ -111,6 +125,37 @@ def susceptibility(observed: Observed, probe: str, *, sampling: str | None = Non
         (*shape) of the probe's per-sample loss, e.g. (n_seq, T−1): χ_i, float64.
     """
     return susceptibility_chains(observed, probe, sampling=sampling, reference=reference).mean(axis=0)
+
+
+def standardized_susceptibility(observed: Observed, probe: str) -> np.ndarray:
+    """Standardised per-token susceptibility r_i = −Corr(φ, ℓ_i) (module docstring), pooled within chains.
+
+    Args:
+        observed: the component's recorded moments (``LLCResult.observed``); probe: the probe's name.
+
+    Returns:
+        (*shape) of the probe's per-sample loss, in [−1, 1], float64; NaN where a value never moved.
+    """
+    pm = observed.probe(probe)
+    ok = _alive(observed, pm)
+    cov = pm.cov_phi[ok].mean(axis=0)  # (N,) mean within-chain Cov(φ, ℓ_i)
+    var_l = pm.var[ok].mean(axis=0)
+    var_phi = float(observed.phi_var[ok].mean())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = -cov / np.sqrt(var_phi * var_l)
+    r[~(var_l > 0)] = np.nan
+    return r.reshape(pm.shape)
+
+
+def standardized_susceptibility_chains(observed: Observed, probe: str) -> np.ndarray:
+    """r_i of each surviving chain from its own moments: (C_alive, *shape); their spread gives a standard error
+    (``standard_error``) of ``standardized_susceptibility``."""
+    pm = observed.probe(probe)
+    ok = _alive(observed, pm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = -pm.cov_phi[ok] / np.sqrt(observed.phi_var[ok][:, None] * pm.var[ok])
+    r[~(pm.var[ok] > 0)] = np.nan
+    return r.reshape(int(ok.sum()), *pm.shape)
 
 
 def token_contributions_chains(observed: Observed, probe: str, nbeta: float) -> np.ndarray:

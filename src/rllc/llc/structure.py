@@ -39,6 +39,8 @@ class SusceptibilityResult:
     Attributes:
         per_token[c][p]: (n_seq, T−1) χ_i (``response.susceptibility``); mean[c][p] its mean over tokens,
             se[c][p] the standard error of that mean over chains.
+        standardized[c][p]: (n_seq, T−1) r_i = −Corr(φ, ℓ_i) (``response.standardized_susceptibility``): χ_i's
+            token-dependent part without the token's own posterior spread, the score that ranks tokens.
         contributions[c][p]: (n_seq, T−1) nβ(E[ℓ_i] − ℓ_i(w*)); its mean is the data-refined λ̂ on probe p.
         tokens[p]: (n_seq, n_ctx) the probe's tokens (None for non-token data).
         llc[c]: the component's ``LLCResult`` (λ̂ on the sampling data, same chains).
@@ -56,6 +58,7 @@ class SusceptibilityResult:
     sampling: str | None = None
     reference: str = "component"
     per_token_se: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    standardized: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no per-token arrays; those are ``arrays()``)."""
@@ -74,7 +77,7 @@ class SusceptibilityResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-token arrays by flat name, for safetensors: "susceptibility/<component>/<probe>",
-        "susceptibility_se/…", "contribution/…" and "tokens/<probe>"."""
+        "susceptibility_se/…", "susceptibility_std/…" (standardised), "contribution/…" and "tokens/<probe>"."""
         out: dict[str, np.ndarray] = {}
         for c in self.components:
             for p in self.probes:
@@ -82,6 +85,8 @@ class SusceptibilityResult:
                 out[f"contribution/{c}/{p}"] = np.ascontiguousarray(self.contributions[c][p])
                 if c in self.per_token_se:
                     out[f"susceptibility_se/{c}/{p}"] = np.ascontiguousarray(self.per_token_se[c][p])
+                if c in self.standardized:
+                    out[f"susceptibility_std/{c}/{p}"] = np.ascontiguousarray(self.standardized[c][p])
         for p, t in self.tokens.items():
             if t is not None:
                 out[f"tokens/{p}"] = np.ascontiguousarray(t)
@@ -136,10 +141,10 @@ def susceptibilities(model: nn.Module, data: Any, components: Any = None, *, pro
     by_name = {_component_name(c): r for c, r in zip(run, results)}
     ref = by_name["full"].observed if reference == "full" else None
     nbeta = results[0].config.nbeta
-    per_token, mean, se, contrib, pt_se = {}, {}, {}, {}, {}
+    per_token, mean, se, contrib, pt_se, std = {}, {}, {}, {}, {}, {}
     for name in names:
         ob = by_name[name].observed
-        per_token[name], mean[name], se[name], contrib[name], pt_se[name] = {}, {}, {}, {}, {}
+        per_token[name], mean[name], se[name], contrib[name], pt_se[name], std[name] = {}, {}, {}, {}, {}, {}
         for p in probes:
             chains = response.susceptibility_chains(ob, p, sampling=sampling, reference=ref)
             per_token[name][p] = chains.mean(axis=0)
@@ -147,10 +152,11 @@ def susceptibilities(model: nn.Module, data: Any, components: Any = None, *, pro
             mean[name][p] = float(per_token[name][p].mean())
             se[name][p] = response.standard_error(chains.reshape(len(chains), -1).mean(axis=1))
             contrib[name][p] = response.token_contributions(ob, p, nbeta)
+            std[name][p] = response.standardized_susceptibility(ob, p)
     return SusceptibilityResult(components=names, probes=list(probes), per_token=per_token, mean=mean, se=se,
                                 contributions=contrib, tokens={p: _tokens_of(d) for p, d in probes.items()},
                                 llc={n: by_name[n] for n in names}, sampling=sampling, reference=reference,
-                                per_token_se=pt_se)
+                                per_token_se=pt_se, standardized=std)
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,8 +5,8 @@ draw (`rllc.susceptibilities`): it writes, from the same chains,
   "llc"                      the component's rLLC λ̂, keyed by the plain sweep's settings hash — the same row a
                              `rllc sweep` without probes writes, so curves, stages and reports read it as one;
   "susceptibility:PROBE"     the probe's mean per-token susceptibility χ (std: its standard error over chains),
-                             with the per-token arrays (χ, its standard error, the per-token LLC contributions and
-                             the probe's tokens) in a safetensors file under RUN_DIR/arrays/;
+                             with the per-token arrays (χ, its standard error, the standardised r = −Corr(φ, ℓ_i),
+                             the per-token LLC contributions and the probe's tokens) in a safetensors file under RUN_DIR/arrays/;
   "contribution:PROBE"       the mean per-token LLC contribution nβ(E[ℓ_i] − ℓ_i(w*)), the data-refined λ̂ on
                              the probe,
 the last two keyed by a hash of the sweep's settings and the probes' (which windows, how many, which split).
@@ -186,6 +186,8 @@ def susceptibility_rows(ctx: TaskContext, task: Task) -> list[ResultRow]:
                 arrays = {"chi": chi.astype(np.float32), "contribution": contrib.astype(np.float32)}
                 if name in res.per_token_se:
                     arrays["chi_se"] = np.asarray(res.per_token_se[name][p], dtype=np.float32)
+                if name in res.standardized:
+                    arrays["chi_std"] = np.asarray(res.standardized[name][p], dtype=np.float32)
                 if res.tokens.get(p) is not None:
                     arrays["tokens"] = np.asarray(res.tokens[p], dtype=np.int32)
                 valid = bool(llc.valid) and bool(np.isfinite(chi).all())
