@@ -101,3 +101,18 @@ def test_clusters_of_the_response_over_training_recover_the_types():
     assert type_agreement([0, 1, 0, 1], types) < 0  # a partition crossing the types scores below chance
     with pytest.raises(RllcError, match="cannot make 5 clusters"):
         cluster_by_response(big, 5)
+
+
+def test_ground_truth_lines_name_both_scores_and_the_sampler():
+    from rllc.analysis.susceptibility import GroundTruth, sampler_words
+
+    words = sampler_words({"sampler": "sgld", "epsilon": 0.001, "nbeta": 30.0, "gamma": 200.0, "chains": 4,
+                           "draws": 20, "burn_in": 50, "batch_size": 8, "paired": True})
+    assert words == "SGLD ε 0.001, nβ 30.0, γ 200.0, 4 chains × 20 draws after 50 burn-in, batch 8, paired"
+    aucs = pd.DataFrame({"probe": ["p", "p"], "component": ["1:0", "0:3"], "type": ["induction", "previous-token"],
+                         "pattern": ["x", "x"], "auc": [0.55, 0.61], "auc_standardized": [0.71, np.nan],
+                         "auc_contribution": [0.6, 0.6], "chi_snr": [0.2, 0.4], "positives": [1, 1],
+                         "negatives": [1, 1]})
+    (line,) = GroundTruth("pretrain", "h", 5, aucs, pd.DataFrame(), None, 1, sampler=words).lines()
+    assert "1:0 (induction) 0.55 / 0.71, 0:3 (previous-token) 0.61 (" in line
+    assert "standardised" in line and words in line and "0.30)" in line  # median snr of 0.2, 0.4

@@ -60,14 +60,15 @@ def test_per_token_arrays_are_the_rows_values_on_the_probes_own_windows(run_dir)
     row = df[(df.measure == "susceptibility:synthetic.induction") & (df.component == "1:0")].iloc[0]
     assert row.config_hash == chash
     arrays = store.arrays((40, "1:0", "pretrain", "susceptibility:synthetic.induction", chash))
-    assert sorted(arrays) == ["chi", "chi_se", "contribution", "tokens"]
+    assert sorted(arrays) == ["chi", "chi_se", "chi_std", "contribution", "tokens"]
     from rllc.train import load_run
 
     run = load_run(run_dir)
     tokens, _ = resolve_data(run, "synthetic.induction", 3, seed=1, split="val")
     np.testing.assert_array_equal(arrays["tokens"], tokens.numpy())
     n_ctx = run.config.model.n_ctx
-    assert arrays["chi"].shape == arrays["contribution"].shape == (3, n_ctx - 1)
+    assert arrays["chi"].shape == arrays["contribution"].shape == arrays["chi_std"].shape == (3, n_ctx - 1)
+    assert np.all(np.abs(arrays["chi_std"]) <= 1.0)  # a correlation
     assert float(arrays["chi"].mean()) == pytest.approx(row.value, rel=1e-5)
     contrib = df[(df.measure == "contribution:synthetic.induction") & (df.component == "1:0")].value.item()
     assert float(arrays["contribution"].mean()) == pytest.approx(contrib, rel=1e-5)

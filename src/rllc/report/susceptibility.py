@@ -176,7 +176,11 @@ def _ground_truth(doc: Any, r: Any) -> list[str]:
         out.append(doc.table(gt.aucs, f"Ground truth at step {gt.step}: ROC AUC of ranking each labelled synthetic "
                                       "probe's positions by −χ against the positions whose prediction the head's "
                                       "type implements (induction and previous-token heads: INDUCTION|REPEAT); "
-                                      "1 is a perfect ranking, 0.5 none, the target 0.8. auc_contribution ranks "
+                                      "1 is a perfect ranking, 0.5 none, the target 0.8; sampler: "
+                                      f"{gt.sampler}. auc_standardized ranks by −r, r_i = −Corr(φ, ℓ_i) (χ_i's "
+                                      "token-dependent part without the token's own posterior spread, which "
+                                      "otherwise ranks the badly predicted tokens first for every head). "
+                                      "auc_contribution ranks "
                                       "by the per-token LLC contribution instead; chi_snr is the median |χ_i| / "
                                       "s.e. over the probe's tokens (below ~2 the per-token χ is mostly sampling "
                                       "noise: more draws resolve it)."))
