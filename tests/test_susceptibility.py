@@ -4,6 +4,8 @@ probe evaluation equal to the one-at-a-time reference, one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -453,3 +455,30 @@ def test_bad_inputs_are_one_line_errors():
     with pytest.raises(RllcError, match="scalar"):
         estimate_llc(model, tokens, observe=Observe(per_sample_loss=lambda m, b: m(b).mean(), probes={"a": tokens}),
                      draws=2, chains=2)
+
+
+def test_susceptibility_standard_error_matches_the_spread_over_independent_runs():
+    # The per-token s.e. over chains is the spread of χ̂ between independent estimates: 6 seeds × 8 chains × 100
+    # draws on the linear problem, block {0, 2}; median over samples of (mean per-run s.e.) / (std of χ̂ over runs).
+    # (Each chain's own term of the pooled average would overstate it: E_c[φ]·(E_c[ℓ_i] − E[ℓ_i]) cancels in the
+    # mean over chains but not in its spread.)
+    X, y, wstar = _linear_problem()
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    model = torch.nn.Linear(X.shape[1], 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(wstar)[None])
+    comp = {"weight": torch.tensor([[i in (0, 2) for i in range(X.shape[1])]])}
+    chis, ses = [], []
+    for seed in range(6):
+        cfg = CLOSED | dict(chains=8, draws=100, burn_in=200, seed=seed)
+        r = estimate_llc(model, (Xt, yt), loss_fn=_mse, component=comp, **cfg,
+                         observe=Observe(_per_sample, probes={"train": (Xt, yt)}))
+        ch = response.susceptibility_chains(r.observed, "train")
+        np.testing.assert_allclose(ch.mean(0), response.susceptibility(r.observed, "train"), rtol=1e-12)
+        chis.append(ch.mean(0))
+        ses.append(response.standard_error(ch))
+        # φ + a has the same covariances, so the same χ̂ and the same standard error, for any constant a.
+        shifted = dataclasses.replace(r.observed, phi_mean=r.observed.phi_mean + 5.0)
+        np.testing.assert_allclose(response.susceptibility_chains(shifted, "train"), ch, rtol=1e-9, atol=1e-12)
+    ratio = np.median(np.mean(ses, axis=0) / np.std(chis, axis=0, ddof=1))
+    assert 0.6 < ratio < 1.6, ratio

@@ -115,4 +115,4 @@ def test_ground_truth_lines_name_both_scores_and_the_sampler():
                          "negatives": [1, 1]})
     (line,) = GroundTruth("pretrain", "h", 5, aucs, pd.DataFrame(), None, 1, sampler=words).lines()
     assert "1:0 (induction) 0.55 / 0.71, 0:3 (previous-token) 0.61 (" in line
-    assert "standardised" in line and words in line and "0.30)" in line  # median snr of 0.2, 0.4
+    assert "standardised" in line and words in line and "s.e. 0.30)" in line  # median snr of 0.2, 0.4

@@ -229,8 +229,8 @@ class GroundTruth:
         step: the last checkpoint (where the AUCs are taken).
         aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc (of −χ),
             auc_standardized (of −r, r_i = −Corr(φ, ℓ_i) the standardised susceptibility; NaN for stores written
-            before it was recorded), auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i| / s.e. over its tokens: below
-            ~2 the per-token values are mostly sampling noise), positives, negatives.
+            before it was recorded), auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i − mean χ| / s.e. over its
+            tokens: below ~2 the per-token values are mostly sampling noise; pure noise with 4 chains gives ~0.8), positives, negatives.
         clusters: per head: component, type, cluster (k-means on the response matrix over training).
         ari: adjusted Rand index of those clusters against the types (None when it cannot be formed).
         checkpoints: how many checkpoints the response matrix over training spans.
@@ -256,7 +256,7 @@ class GroundTruth:
             std = " / of the standardised −r = Corr(φ, ℓ_i)" if np.isfinite(g.auc_standardized).any() else ""
             out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ{std} against the "
                        f"labelled positions: {heads} (target ≥ 0.8; sampler {self.sampler}; median per-token "
-                       f"|χ|/s.e. {g.chi_snr.median():.2f})")
+                       f"|χ − mean χ|/s.e. {g.chi_snr.median():.2f})")
         if self.ari is not None:
             out.append(f"response matrix over {self.checkpoints} checkpoints: heads clustered on its leading singular "
                        f"vectors agree with the head types at adjusted Rand index {self.ari:.2f}")
@@ -301,9 +301,10 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         except RllcError as e:
             notes.append(f"{key}: {e}")
             continue
-        # How well each token's χ is resolved: the median over tokens of |χ_i| / its standard error over chains.
-        snr = {c: float(np.nanmedian(np.abs(a["chi"]) / a["chi_se"])) if "chi_se" in a else np.nan
-               for c, a in arrays.items()}
+        # How well each token's χ is resolved: the median over tokens of |χ_i − mean_j χ_j| / its standard error
+        # over chains (the token-dependent part: χ's constant Cov(φ, L) is shared by every token of the probe).
+        snr = {c: float(np.nanmedian(np.abs(a["chi"] - np.nanmean(a["chi"])) / a["chi_se"])) if "chi_se" in a
+               else np.nan for c, a in arrays.items()}
         rows.append(t.assign(probe=key, type=t.component.map(types),
                              auc_standardized=t.component.map(dict(zip(ts.component, ts.auc))).astype(float),
                              auc_contribution=tc.auc.to_numpy(), chi_snr=t.component.map(snr)))

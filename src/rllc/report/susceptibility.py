@@ -181,9 +181,10 @@ def _ground_truth(doc: Any, r: Any) -> list[str]:
                                       "token-dependent part without the token's own posterior spread, which "
                                       "otherwise ranks the badly predicted tokens first for every head). "
                                       "auc_contribution ranks "
-                                      "by the per-token LLC contribution instead; chi_snr is the median |χ_i| / "
-                                      "s.e. over the probe's tokens (below ~2 the per-token χ is mostly sampling "
-                                      "noise: more draws resolve it)."))
+                                      "by the per-token LLC contribution instead; chi_snr is the median |χ_i − "
+                                      "mean χ| / s.e. over the probe's tokens (pure noise with 4 chains: ~0.8; "
+                                      "the median token's χ is near zero, so it stays low even when the large "
+                                      "values are resolved)."))
     if gt.ari is not None:
         k = gt.clusters.type.nunique()
         out.append(doc.table(gt.clusters, f"Heads clustered (k-means, k = {k} types) on the two leading singular "
