@@ -10,7 +10,7 @@ by the generator (`Pattern` bits). For each number of draws per chain (a fresh e
 larger runs extend the smaller ones' chains) it prints, per head and probe, the ROC AUC against the positions
 labelled INDUCTION|REPEAT of: −χ (`response.susceptibility`), −r (the standardised `standardized_susceptibility`)
 and the per-token LLC contribution; the split-half reliability of χ over tokens (chains 0..C/2 against the rest:
-the correlation of the two halves' χ over the probe's tokens — near 0 is noise, near 1 resolved); the median
+the correlation of the two halves' within-chain Cov(φ, ℓ_i) over the probe's tokens — near 0 is noise, near 1 resolved); the median
 |χ_i|/s.e. and the wall time. Convergence of an AUC as the reliability approaches 1 is the noise-free AUC of
 that score.
 """
@@ -64,8 +64,9 @@ def main() -> None:
             for p in names:
                 chains = response.susceptibility_chains(ob, p)
                 chi = chains.mean(axis=0)
-                half = len(chains) // 2
-                rel = float(np.corrcoef(chains[:half].mean(0).ravel(), chains[half:].mean(0).ravel())[0, 1])
+                cov = ob.probe(p).cov_phi  # (C, N) within-chain Cov(φ, ℓ_i): independent between chains
+                half = len(cov) // 2
+                rel = float(np.corrcoef(cov[:half].mean(0), cov[half:].mean(0))[0, 1])
                 snr = float(np.median(np.abs(chi) / response.standard_error(chains)))
                 a_chi = token_auc(chi, labels[p], pattern)
                 a_std = token_auc(response.standardized_susceptibility(ob, p), labels[p], pattern)
