@@ -145,7 +145,9 @@ def test_check_run_and_the_report_section_read_the_stored_susceptibilities(run_d
     assert gt.aucs.auc.tolist() == pytest.approx(direct.auc.tolist())
     a = store.arrays((40, "1:0", "pretrain", "susceptibility:synthetic.induction", chash))
     snr = gt.aucs.set_index("component").chi_snr["1:0"]
-    assert snr == pytest.approx(float(np.median(np.abs(a["chi"]) / a["chi_se"])), rel=1e-6)
+    assert snr == pytest.approx(float(np.median(np.abs(a["chi"] - a["chi"].mean()) / a["chi_se"])), rel=1e-5)
+    std = {c: store.arrays((40, c, "pretrain", "susceptibility:synthetic.induction", chash))["chi_std"] for c in types}
+    assert gt.aucs.auc_standardized.tolist() == pytest.approx(head_aucs(std, labels, type_patterns(types)).auc.tolist())
     assert gt.ari is not None and -1 <= gt.ari <= 1 and len(gt.clusters) == 4
     assert any("ROC AUC" in line for line in gt.lines())
     page = write_report(run_dir).read_text()
