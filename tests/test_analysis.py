@@ -333,3 +333,21 @@ def test_skip_ngram_families_from_token_texts():
     assert skip_ngram_kind(" e", ".", "g") == "abbreviation"
     assert skip_ngram_kind(" picked", " it", " up") == "phrasal verb"
     assert skip_ngram_kind(" the", " big", " dog") == "other"
+
+
+def test_dyck_path_patching_rows_are_the_masked_means_with_their_standard_errors(wired):
+    from rllc.analysis import dyck_path_patching, dyck_tokens
+    from rllc.data.synthetic import Pattern, SyntheticConfig
+
+    cfg = SyntheticConfig(vocab_size=V, low=1, seed=0)
+    senders, receiver = [(0, 0), (0, 2)], (1, 0)
+    df = dyck_path_patching(wired, cfg, senders, receiver, n=16, kind="zero", seed=3).set_index("subset")
+    tokens, labels = dyck_tokens(cfg, 16, T, seed=3)
+    inc = path_patched_per_token_loss(wired, tokens, senders, receiver, kind="zero") - per_token_loss(wired, tokens)
+    lab = labels[:, :-1]
+    dyck, nested = (lab & int(Pattern.DYCK)) > 0, (lab & int(Pattern.NESTED)) > 0
+    for subset, mask in (("nested", dyck & nested), ("unnested", dyck & ~nested)):
+        x = inc[mask].double()
+        assert df.loc[subset, "n_positions"] == int(mask.sum()) > 10
+        assert df.loc[subset, "path_increase"] == pytest.approx(float(x.mean()), abs=1e-6)
+        assert df.loc[subset, "path_increase_se"] == pytest.approx(float(x.std() / math.sqrt(len(x))), rel=1e-4)

@@ -82,3 +82,49 @@ def test_sampler_check_steps_before_at_and_after_the_induction_rise():
     assert sampler_check_steps(demo_heads) == [480, 2300, 5000]
     assert sampler_check_steps([0, 5, 10]) == [0, 5, 10]
     assert sampler_check_steps([0, 100]) == [0, 100]  # fewer checkpoints than 3: each once
+
+
+def test_multigram_steps_are_log_spaced_from_the_first_step():
+    from rllc.workflows import multigram_steps
+
+    assert multigram_steps(list(range(0, 1001, 10)), 10, 100) == [100, 130, 170, 220, 280, 360, 460, 600, 770, 1000]
+    assert multigram_steps([0, 10, 20, 40], 3, 100) == [40]  # a run shorter than the first step: its last
+
+
+def test_dyck_demo_on_a_tiny_run(tiny_text, tmp_path, monkeypatch):
+    """`rllc demo --preset dyck` on a tiny 2-layer run and its 1-layer reference with a cheap sampler: both models
+    trained with one tokenizer, the layer-0 heads' wrLLC and model-as-generator wdrLLC and the Dyck path patching
+    at every chosen checkpoint stored, the multigram finding printed with its three parts."""
+    import rllc.sweep.sweep as sweep_mod
+    import rllc.workflows as wf
+    from rllc.pipeline.store import ResultStore
+    from rllc.train import load_run
+    from tests.conftest import tiny_configs
+
+    def configs(name, *, steps=None, seed=0, n_layers=None):
+        assert name == "cpu-dyck"
+        kw = {} if n_layers is None else {"n_layers": n_layers}
+        return tiny_configs(tiny_text, data=f"{tiny_text}*0.5,synthetic.dyck*0.5", seed=seed, **kw)
+
+    monkeypatch.setattr(wf, "preset_configs", configs)
+    monkeypatch.setattr(wf, "MULTIGRAM_CHECKPOINTS", 3)
+    monkeypatch.setattr(wf, "MULTIGRAM_FIRST_STEP", 10)
+    monkeypatch.setattr(wf, "DEMO_SAMPLER", {"burn_in": 2})
+    for k, v in (("draws", 3), ("chains", 2), ("n_samples", 16)):
+        monkeypatch.setitem(sweep_mod.DEMO_SWEEP, k, v)
+    out = tmp_path / "dyck"
+    res = wf.demo(out, preset="dyck", progress=False)
+    ref = load_run(tmp_path / "dyck-ref1")
+    assert ref.config.model.n_layers == 1 and ref.config.tokenizer_id == load_run(out).config.tokenizer_id
+    store = ResultStore(out).frame()
+    llc = store[store.measure == "llc"]
+    layer0 = {f"0:{h}" for h in range(ref.config.model.n_heads)}
+    assert set(llc.component) == layer0 and sorted(llc.step.unique()) == [10, 20, 40]
+    assert {d.split("@")[0] for d in llc.data} == {"pretrain", f"model:{(tmp_path / 'dyck-ref1').absolute()}"}
+    patch = store[store.measure == "path_patching_nested"]
+    assert sorted(patch.step.unique()) == [10, 20, 40] and patch["std"].notna().all()
+    line = next(x for x in res.summary if x.startswith("finding: Multigram circuit (§4.3): "))
+    assert "(a) layer-1 heads:" in line or "(a) no layer-1 head is typed Dyck" in line
+    assert (out / "report.html").exists()
+    again = wf.demo(out, preset="dyck", progress=False)
+    assert any("LLC sweep: 0 estimates computed now" in x for x in again.summary)

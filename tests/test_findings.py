@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,10 +67,6 @@ def test_stage_finding_needs_boundaries_on_both_sides_within_an_interval():
 def test_multigram_circuit_not_applicable_without_dyck_data():
     f = multigram_circuit(pd.DataFrame(columns=["step", "component", "measure", "value"]), {}, "prose*0.5,code*0.5")
     assert f.verdict == "not applicable" and "no nested-bracket" in f.evidence
-    rows = pd.DataFrame([dict(step=5, component="layer0->1:1", measure="path_patching_nested", value=0.4),
-                         dict(step=5, component="layer0->1:1", measure="path_patching_unnested", value=0.1)])
-    assert multigram_circuit(rows, {"1:1": "dyck"}, "prose*0.5,synthetic.dyck*0.5").verdict == "reproduced"
-    assert multigram_circuit(rows, {"1:1": "n-gram"}, "synthetic.dyck").verdict == "not reproduced"
 
 
 def test_hessian_vs_llc_rank_correlation():
@@ -136,3 +134,65 @@ def test_stage_finding_says_why_a_monotone_jump_has_no_boundary():
     f = stages_vs_induction(st, rows, steps)
     assert f.verdict == "not reproduced"
     assert "flattest before it" in f.evidence and "none steeper farther out" in f.evidence
+
+
+def _patching(step: int, nested: float, unnested: float, se: float = 0.02,
+              singles: dict[str, float] | None = None) -> list[dict]:
+    rows = [dict(step=step, component="layer0->1:1", measure="path_patching_nested", value=nested, std=se),
+            dict(step=step, component="layer0->1:1", measure="path_patching_unnested", value=unnested, std=se)]
+    return rows + [dict(step=step, component=f"{s}->1:1", measure="path_patching_nested", value=v, std=se)
+                   for s, v in (singles or {}).items()]
+
+
+TYPES = {"0:0": "previous-token", "0:1": "n-gram", "1:0": "induction", "1:1": "dyck"}
+DYCK_MIX = "prose*0.5,synthetic.dyck*0.5"
+
+
+def test_multigram_circuit_needs_a_dyck_head_fed_by_layer0_multigram_heads():
+    strong = pd.DataFrame(_patching(5, 0.4, 0.1, singles={"0:1": 0.3, "0:0": 0.05}))
+    f = multigram_circuit(strong, TYPES, DYCK_MIX)
+    assert f.verdict == "reproduced", f.evidence
+    assert "+10.6 s.e." in f.evidence and "0:1 (n-gram) +0.300" in f.evidence and "not measured" in f.evidence
+    # nested barely above unnested: 1.8 s.e. < 2
+    assert multigram_circuit(pd.DataFrame(_patching(5, 0.15, 0.1, singles={"0:1": 0.3})), TYPES,
+                             DYCK_MIX).verdict == "not reproduced"
+    # the strongest sender is the previous-token head, not a multigram head
+    prev = pd.DataFrame(_patching(5, 0.4, 0.1, singles={"0:1": 0.05, "0:0": 0.3}))
+    assert multigram_circuit(prev, TYPES, DYCK_MIX).verdict == "not reproduced"
+    no_dyck = multigram_circuit(strong, {**TYPES, "1:1": "n-gram"}, DYCK_MIX)
+    assert no_dyck.verdict == "not reproduced" and "(a) no layer-1 head is typed Dyck" in no_dyck.evidence
+
+
+def _gen_llc(steps, wr: float, gen_before: float, gen_after: float, onset: int, std: float = 0.1) -> pd.DataFrame:
+    rows = []
+    for s in steps:
+        for data, v in (("pretrain", wr), ("model:/ref@1000", gen_before if s < onset else gen_after)):
+            rows.append(dict(step=s, component="0:1", data=data, measure="llc", value=v, std=std, valid=True,
+                             config_hash="h", extra={"per_chain": [v] * 4}))
+    return pd.DataFrame(rows)
+
+
+def test_generator_divergence_splits_the_ratio_at_the_circuit_onset():
+    from rllc.analysis.findings import circuit_onset, generator_divergence
+
+    steps = [100, 200, 400, 800, 1600]
+    patch = pd.DataFrame(sum((_patching(s, n, 0.1) for s, n in zip(steps, [0.0, 0.05, 0.3, 0.5, 0.5])), []))
+    assert circuit_onset(patch, "1:1") == 400  # the first step at half the largest increase (0.25)
+    assert circuit_onset(patch[patch.step <= 200], "1:1") is None  # fewer than 3 steps
+    div = generator_divergence(_gen_llc(steps, 2.0, 2.0, 1.5, 400), ["0:1"], 400)
+    se_after = 0.75 * math.hypot(0.05 / 1.5, 0.05 / 2.0)  # ratio × relative errors (std 0.1 / √4 chains)
+    assert div.ratio[100] == (pytest.approx(1.0), pytest.approx(math.hypot(0.025, 0.025)))
+    assert div.before[0] == pytest.approx(1.0) and div.after[0] == pytest.approx(0.75)
+    assert div.after[1] == pytest.approx(se_after / math.sqrt(3))
+    assert div.before[1] == pytest.approx(math.hypot(0.025, 0.025) / math.sqrt(2))
+    assert div.z < -2
+    # an unresolved wrLLC (below 3 s.e.) is left out of the ratio
+    assert generator_divergence(_gen_llc(steps, 0.1, 2.0, 1.5, 400), ["0:1"], 400).ratio == {}
+    assert generator_divergence(_gen_llc(steps, 2.0, 2.0, 1.5, 400).query("data == 'pretrain'"), ["0:1"],
+                                400) is None
+    # with the generator part measured, the verdict needs the ratio to move at the onset
+    results = pd.concat([patch[patch.step < 1600], pd.DataFrame(_patching(1600, 0.5, 0.1, singles={"0:1": 0.3}))])
+    moved = multigram_circuit(results, TYPES, DYCK_MIX, _gen_llc(steps, 2.0, 2.0, 1.5, 400))
+    assert moved.verdict == "reproduced" and "circuit onset step 400" in moved.evidence, moved.evidence
+    flat = multigram_circuit(results, TYPES, DYCK_MIX, _gen_llc(steps, 2.0, 2.0, 2.0, 400))
+    assert flat.verdict == "not reproduced" and "+0.0 s.e." in flat.evidence

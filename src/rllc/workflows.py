@@ -35,7 +35,7 @@ SPECIALISATION_DATA = "synthetic.repeat,prose"
 SPECIALISATION_STEPS = 3
 # Hessian trace of the full model (App. D) at 12 checkpoints; cheaper than the paper's 100 samples × 50 probes.
 DEMO_HESSIAN = dict(n_samples=16, n_probes=8, batch_size=16)
-PRESETS = ("default", "long")
+PRESETS = ("default", "long", "dyck")
 
 
 def sampler_check_steps(head_steps: list[int]) -> list[int]:
@@ -63,7 +63,8 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         steps: training steps (default: the preset's).
         seed: random seed.
         progress: progress bars and per-stage lines.
-        preset: "default" (fits 15 minutes on 2 cores) or "long": also measures the demo sampler against the
+        preset: "default", "dyck" (`multigram_demo`: the multigram circuit on a run trained with nested
+            brackets; `out` "runs/demo" becomes "runs/demo-dyck"), or "long": also measures the demo sampler against the
             paper's settings (4 chains × 200 draws, batch 32, with paired differences: the paper's estimator's
             expectation without its shared 16-batch L(w*) error) on every head and the full model at the 3
             checkpoints of `sampler_check_steps`, stored beside the demo's estimates so the report shows the bias.
@@ -82,6 +83,9 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
 
     if preset not in PRESETS:
         raise RllcError(f"unknown demo preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset == "dyck":  # the multigram circuit (§4.3): its own data, a reference model, its own measures
+        return multigram_demo(out if str(out) != "runs/demo" else "runs/demo-dyck", steps=steps, seed=seed,
+                              progress=progress)
     out = Path(out)
     say = print if progress else (lambda *a: None)
     timings: dict[str, float] = {}
@@ -156,3 +160,86 @@ def susceptibility_lines(out: str | Path) -> list[str]:
 
     gt = check_run(out)
     return [] if gt is None else gt.lines()
+
+
+# The multigram-circuit demo (§4.3, `rllc demo --preset dyck`): how many checkpoints it measures, from which step.
+MULTIGRAM_CHECKPOINTS = 10
+MULTIGRAM_FIRST_STEP = 100  # earlier checkpoints have no head structure to speak of (and unresolved wrLLCs)
+
+
+def multigram_steps(available: list[int], n: int = MULTIGRAM_CHECKPOINTS, first: int = MULTIGRAM_FIRST_STEP
+                    ) -> list[int]:
+    """The checkpoints nearest `n` points spread evenly on a log axis from `first` to the last checkpoint."""
+    import numpy as np
+
+    last = max(available)
+    marks = np.geomspace(min(first, last), last, n)
+    return sorted({min(available, key=lambda s: (abs(np.log1p(s) - np.log1p(m)), s)) for m in marks})
+
+
+def multigram_demo(out: str | Path = "runs/demo-dyck", *, steps: int | None = None, seed: int = 0,
+                   progress: bool = True) -> DemoResult:
+    """The multigram circuit (§4.3) on CPU: `rllc demo --preset dyck`.
+
+    Steps: train the `cpu-dyck` preset (the demo's model with a fifth of the data nested-bracket sequences) in
+    `out` and a 1-layer reference on the same data and tokenizer in `{out}-ref1` → at `MULTIGRAM_CHECKPOINTS`
+    log-spaced checkpoints from step `MULTIGRAM_FIRST_STEP`, the layer-0 heads' wrLLC on the pre-training data and
+    their model-as-generator wdrLLC against the reference's last checkpoint (`DEMO_SAMPLER`) → the head analysis at
+    the same checkpoints, with tokens in context, head types and Dyck path patching at every one of them → the
+    report; the summary prints the multigram-circuit finding with its evidence. Every step resumes.
+
+    Args:
+        out: run directory of the 2-layer model (the reference goes beside it).
+        steps: training steps of both models (default: the preset's). seed: random seed. progress: bars and lines.
+    """
+    import shutil
+
+    from rllc.analysis.findings import evaluate_run
+    from rllc.analysis.over_training import HeadAnalysisConfig, heads_command
+    from rllc.report.html import write_report
+    from rllc.sweep import DEMO_SWEEP, SweepConfig, plan_sweep, run_plan
+
+    out = Path(out)
+    ref = out.parent / f"{out.name}-ref1"
+    say = print if progress else (lambda *a: None)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        say(f"[demo dyck] {name} ...")
+        result = fn()
+        timings[name] = time.perf_counter() - t0
+        say(f"[demo dyck] {name}: {timings[name]:.0f} s")
+        return result
+
+    run = timed("train", lambda: train_model(*preset_configs("cpu-dyck", steps=steps, seed=seed), out,
+                                             progress=progress))
+    if not (ref / "run.json").exists():  # a new reference shares the 2-layer run's tokenizer (a model: data set must)
+        ref.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "tokenizer.json", ref / "tokenizer.json")
+    ref_run = timed("train 1-layer reference", lambda: train_model(
+        *preset_configs("cpu-dyck", steps=steps, seed=seed, n_layers=1), ref, progress=progress))
+    chosen = multigram_steps(run.steps, MULTIGRAM_CHECKPOINTS, MULTIGRAM_FIRST_STEP)
+    s = {**DEMO_SWEEP, **DEMO_SAMPLER}
+    cfg = SweepConfig(SweepConfig().sampler.replace(**{k: v for k, v in s.items()
+                                                       if k not in ("steps", "full_steps", "n_samples")}),
+                      s["n_samples"])
+    layer0 = [f"0:{h}" for h in range(run.config.model.n_heads)]
+    generator = f"model:{ref.absolute()}@{ref_run.steps[-1]}"
+    sweep = timed("sweep", lambda: run_plan(
+        plan_sweep(out, components=layer0, data=["pretrain", generator], steps=chosen, config=cfg),
+        progress=progress))
+    heads = timed("heads", lambda: heads_command(out, chosen, config=HeadAnalysisConfig(tic_steps="all"),
+                                                 progress=progress))
+    report = timed("report", lambda: write_report([out]))
+    found = evaluate_run(out)
+    multigram = next(f for f in found.findings if f.title.startswith("Multigram"))
+    summary = [
+        "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f} s",
+        f"checkpoints: {len(run.steps)} in {out / 'checkpoints'}; reference (1 layer): {ref}; measured at steps "
+        f"{', '.join(map(str, chosen))}; LLC sweep: {sweep.computed} estimates computed now",
+        *found.lines()[:1],
+        f"finding: {multigram.title}: {multigram.verdict.upper()} — {multigram.evidence}",
+        f"report: {report}",
+    ]
+    return DemoResult(out, heads.steps[-1], heads.table, timings, summary)

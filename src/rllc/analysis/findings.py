@@ -137,29 +137,172 @@ def stages_vs_induction(stages: Any, results: pd.DataFrame, checkpoint_steps: Se
                    f"nearest within one interval: {near:.0f}){flanks}", "reproduced" if ok else "not reproduced")
 
 
-def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_data: str) -> Finding:
-    """§4.3: layer-0 multigram heads feed a layer-1 Dyck head (path patching), when the data has nested brackets.
+MULTIGRAM_TYPES = ("dyck", "skip-n-gram", "n-gram")
+Z_CIRCUIT = 2.0  # standard errors a multigram-circuit difference must exceed (nested vs unnested; before vs after)
 
-    Verdict: not applicable without synthetic Dyck data in the training mix; else reproduced when a layer-1 head
-    is typed Dyck and patching the path from layer 0 into it raises the loss on nested brackets more than on
-    unnested ones.
+
+def _se_of(rows: pd.DataFrame) -> pd.Series:
+    """Standard error of each LLC row: chain std / sqrt(finite chains) (NaN without per-chain values)."""
+    if "extra" not in rows:
+        return pd.Series(np.nan, index=rows.index)
+    n = rows.extra.map(lambda x: sum(v is not None and math.isfinite(v) for v in x.get("per_chain", []))
+                       if isinstance(x, dict) else 0)
+    return pd.to_numeric(rows["std"], errors="coerce") / np.sqrt(n.where(n > 1))
+
+
+@dataclass(frozen=True)
+class GeneratorDivergence:
+    """§4.3's model-as-generator test: layer-0 multigram heads' wdrLLC against a 1-layer reference model's
+    predictions over their wrLLC, before and after layer 1 starts to use them (`onset`).
+
+    Attributes:
+        heads: the layer-0 heads averaged. data: the reference's data key ("model:…").
+        ratio: step → (mean ratio over `heads`, its standard error), at steps where every head's wrLLC is
+            resolved (above 3 standard errors).
+        onset: the step the circuit forms (first analysed step where the layer-0 → Dyck head path-patching
+            increase on nested brackets reaches half its largest value).
+        before, after: (mean ratio, s.e.) over the steps before / from the onset; None when a side is empty.
     """
-    claim = "a layer-1 Dyck head is fed by layer-0 multigram heads (path patching, nested > unnested)"
+
+    heads: tuple[str, ...]
+    data: str
+    ratio: dict[int, tuple[float, float]]
+    onset: int | None
+    before: tuple[float, float] | None
+    after: tuple[float, float] | None
+
+    @property
+    def z(self) -> float:
+        """(after − before) in standard errors of the difference (NaN when a side is missing)."""
+        if self.before is None or self.after is None:
+            return float("nan")
+        return (self.after[0] - self.before[0]) / math.hypot(self.before[1], self.after[1])
+
+    def sentence(self) -> str:
+        curve = ", ".join(f"{s}: {r:.2f} ± {e:.2f}" for s, (r, e) in sorted(self.ratio.items()))
+        side = lambda v: "none" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa: E731
+        return (f"model-as-generator wdrLLC / wrLLC of the layer-0 multigram heads {', '.join(self.heads)} (1-layer "
+                f"reference {self.data}): {curve or 'no resolved steps'}; circuit onset step "
+                f"{self.onset if self.onset is not None else '?'}; before it {side(self.before)}, from it "
+                f"{side(self.after)} ({self.z:+.1f} s.e.)")
+
+
+def generator_divergence(llc: pd.DataFrame, heads: Sequence[str], onset: int | None, *,
+                         base: str = "pretrain") -> GeneratorDivergence | None:
+    """The ratio model-as-generator wdrLLC / wrLLC of `heads` over training, split at `onset`.
+
+    Args:
+        llc: LLC rows of one sampler setting with `extra` (per-chain values: the standard errors).
+        heads: layer-0 heads ("0:h") to average. onset: the circuit's formation step (None: no split).
+        base: the data of the wrLLC.
+    Returns:
+        GeneratorDivergence, or None when no "model:" data set was swept for these heads.
+    """
+    d = llc[llc.component.isin(list(heads))]
+    d = d[d.valid.astype(bool)] if "valid" in d else d
+    gen = sorted(x for x in d.data.unique() if str(x).startswith("model:"))
+    if not gen or not heads:
+        return None
+    d = d.assign(se=_se_of(d))
+    w = d[d.data == base].groupby(["step", "component"])[["value", "se"]].mean()
+    g = d[d.data == gen[0]].groupby(["step", "component"])[["value", "se"]].mean()
+    both = w.merge(g, left_index=True, right_index=True, suffixes=("_w", "_g")).reset_index()
+    both = both[both.value_w > 3 * both.se_w]  # an unresolved wrLLC (e.g. at step 0) makes the ratio noise
+    both["r"] = both.value_g / both.value_w
+    both["r_se"] = both.r.abs() * np.hypot(both.se_g / both.value_g, both.se_w / both.value_w)
+    ratio = {}
+    for step, grp in both.groupby("step"):
+        if set(grp.component) == set(heads):
+            ratio[int(step)] = (float(grp.r.mean()), float(np.sqrt((grp.r_se ** 2).sum()) / len(grp)))
+
+    def pool(steps: list[int]) -> tuple[float, float] | None:
+        if not steps:
+            return None
+        return (float(np.mean([ratio[s][0] for s in steps])),
+                float(np.sqrt(sum(ratio[s][1] ** 2 for s in steps)) / len(steps)))
+
+    before = pool([s for s in ratio if onset is not None and s < onset])
+    after = pool([s for s in ratio if onset is not None and s >= onset])
+    return GeneratorDivergence(tuple(heads), gen[0], ratio, onset, before, after)
+
+
+def circuit_onset(results: pd.DataFrame, receiver: str, sender: str = "layer0") -> int | None:
+    """The first analysed step where the `sender` → `receiver` path-patching increase on nested brackets reaches
+    half its largest value over training (None with fewer than 3 analysed steps or no positive increase)."""
+    p = results[(results.measure == "path_patching_nested") & (results.component == f"{sender}->{receiver}")]
+    curve = p.groupby("step").value.mean().dropna().sort_index()
+    if len(curve) < 3 or curve.max() <= 0:
+        return None
+    return int(curve.index[int(np.argmax(curve.to_numpy() >= curve.max() / 2))])
+
+
+def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_data: str,
+                      llc: pd.DataFrame | None = None) -> Finding:
+    """§4.3: layer-0 multigram heads feed a layer-1 Dyck head, and the model-as-generator drLLC of layer-0 multigram
+    heads (a 1-layer reference as the data generator) diverges from their wrLLC once layer 1 uses them.
+
+    Args:
+        results: the run's results (head types, path patching with standard errors in `std`).
+        types: head → type at the last analysed step. train_data: the training data spec.
+        llc: LLC rows of the run's sampler setting with `extra`; the generator part needs layer-0 heads swept on
+            `pretrain` and on a "model:…" data set (`rllc demo --preset dyck` does).
+    Verdict: not applicable without synthetic Dyck data in the training mix. Else reproduced when, at the last
+    analysed step, (a) a layer-1 head is typed Dyck (tokens in context); (b) patching the path from every layer-0
+    head into it raises the loss on nested closings more than on unnested ones by at least `Z_CIRCUIT` standard
+    errors, and the single layer-0 sender with the largest nested increase is a multigram head; and (c) where the
+    generator wdrLLC was swept, the layer-0 multigram heads' mean ratio wdrLLC / wrLLC after the circuit's onset
+    differs from before it by at least `Z_CIRCUIT` standard errors.
+    """
+    title = "Multigram circuit (§4.3)"
+    claim = ("a layer-1 Dyck head is fed by layer-0 multigram heads (path patching: nested > unnested), and the "
+             "layer-0 multigram heads' drLLC against a 1-layer model diverges from their wrLLC as the circuit forms")
     if "dyck" not in train_data:
-        return Finding("Multigram circuit (§4.3)", claim,
-                       f"the training mix {train_data!r} has no nested-bracket (synthetic.dyck) data",
+        return Finding(title, claim, f"the training mix {train_data!r} has no nested-bracket (synthetic.dyck) data",
                        "not applicable")
-    dyck = [h for h, t in types.items() if t == "dyck" and h.startswith("1:")]
+    layer1 = sorted(h for h in types if h.startswith("1:"))
+    dyck = [h for h in layer1 if types[h] == "dyck"]
+    frac = results[results.measure == "tic_frac_dyck"]
+    frac = frac[frac.step == frac.step.max()].groupby("component").value.mean() if len(frac) else pd.Series()
+    shares = ", ".join(f"{h} {types[h]} (Dyck share {frac.get(h, float('nan')):.0%})" for h in layer1)
     if not dyck:
-        return Finding("Multigram circuit (§4.3)", claim, "no layer-1 head is typed Dyck", "not reproduced")
-    p = results[results.measure.str.startswith("path_patching") & (results.step == results.step.max())]
-    parts, ok = [], False
+        return Finding(title, claim, f"(a) no layer-1 head is typed Dyck: {shares or 'no typed layer-1 heads'}",
+                       "not reproduced")
+    p = results[results.measure.str.startswith("path_patching")]
+    last = p[p.step == p.step.max()] if len(p) else p
+    layer0 = sorted(h for h in types if h.startswith("0:"))
+    multi0 = [h for h in layer0 if types[h] in MULTIGRAM_TYPES]
+    parts, best_ok = [f"(a) layer-1 heads: {shares}"], False
     for h in dyck:
-        g = p[p.component == f"layer0->{h}"].set_index("measure").value
-        nest, unnest = g.get("path_patching_nested", float("nan")), g.get("path_patching_unnested", float("nan"))
-        parts.append(f"{h}: layer 0 → {h} path patching +{nest:.3f} nats nested vs +{unnest:.3f} unnested")
-        ok |= bool(nest > unnest)
-    return Finding("Multigram circuit (§4.3)", claim, "; ".join(parts), "reproduced" if ok else "not reproduced")
+        g = last[last.component == f"layer0->{h}"].assign(std=lambda x: pd.to_numeric(
+            x["std"] if "std" in x else np.nan, errors="coerce")).groupby("measure")[["value", "std"]].mean()
+        val = lambda m: float(g.value.get(m, float("nan")))  # noqa: E731
+        err = lambda m: float(g["std"].get(m, float("nan")))  # noqa: E731
+        nest, unnest = val("path_patching_nested"), val("path_patching_unnested")
+        z = (nest - unnest) / math.hypot(err("path_patching_nested"), err("path_patching_unnested"))
+        singles = last[(last.measure == "path_patching_nested") & last.component.str.endswith(f"->{h}")
+                       & ~last.component.str.startswith("layer")]
+        by_sender = {c.split("->")[0]: float(v) for c, v in singles.groupby("component").value.mean().items()}
+        top = max(by_sender, key=by_sender.get) if by_sender else None
+        ok = bool(z >= Z_CIRCUIT) and top is not None and types.get(top) in MULTIGRAM_TYPES
+        best_ok |= ok
+        senders = ", ".join(f"{s} ({types.get(s, '?')}) {v:+.3f}" for s, v in
+                            sorted(by_sender.items(), key=lambda kv: -kv[1]))
+        parts.append(f"(b) layer 0 → {h} path patching at step {int(last.step.max())}: +{nest:.3f} nats on nested "
+                     f"closings vs +{unnest:.3f} on unnested ({z:+.1f} s.e.); single senders on nested: "
+                     f"{senders or 'none stored'}")
+    ok = best_ok
+    div = generator_divergence(llc, multi0, circuit_onset(results, dyck[0])) if llc is not None else None
+    if div is None:
+        parts.append("(c) model-as-generator drLLC not measured (no layer-0 multigram head swept on a model: data "
+                     "set; `rllc demo --preset dyck` measures it)" if multi0 else
+                     "(c) no layer-0 head is typed multigram")
+        ok = ok and bool(multi0)
+    else:
+        parts.append(f"(c) {div.sentence()}")
+        ok = ok and abs(div.z) >= Z_CIRCUIT
+    return Finding(title, claim, "; ".join(parts) + f" (criterion: (a), (b) at {Z_CIRCUIT:g} s.e. with a multigram "
+                   f"head the strongest sender, and (c) a change of at least {Z_CIRCUIT:g} s.e. where measured)",
+                   "reproduced" if ok else "not reproduced")
 
 
 def hessian_vs_llc(results: pd.DataFrame, llc: pd.DataFrame) -> Finding:
@@ -298,7 +441,7 @@ def evaluate(results: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]], ll
     llc = llc_all[llc_all.config_hash == llc_hash] if llc_hash is not None else llc_all.iloc[:0]
     bias = sampler_bias(llc_all, configs, llc_hash or "")
     items = (differentiation(assignments, types), specialisation(llc, types),
-             stages_vs_induction(stages, results, checkpoint_steps), multigram_circuit(results, types, train_data),
+             stages_vs_induction(stages, results, checkpoint_steps), multigram_circuit(results, types, train_data, llc),
              hessian_vs_llc(results, llc))
     cfg = (configs.get(llc_hash) or {}).get("sampler", {}) if llc_hash else {}
     demo = all(cfg.get(k) == v for k, v in DEMO_SAMPLER_SETTINGS.items())
@@ -344,6 +487,7 @@ def evaluate_run(run_dir: Any) -> RunFindings:
 
 
 __all__: Sequence[str] = ["Finding", "PAPER_SAMPLER", "RunFindings", "VERDICTS", "bias_sentence",
-                          "differentiation", "evaluate", "evaluate_run", "hessian_vs_llc", "multigram_circuit",
+                          "differentiation", "evaluate", "evaluate_run", "generator_divergence", "GeneratorDivergence",
+                          "circuit_onset", "hessian_vs_llc", "multigram_circuit",
                           "RERUN_NOTE", "rerun_command", "sampler_bias", "sampler_description", "specialisation",
                           "stages_vs_induction"]

@@ -18,7 +18,8 @@ Measures (component "l:h" unless noted; data is the held-out text spec unless no
   (component "0:i->1:j", data "weights"; component "random" holds the Gaussian baseline and its std);
   tic_frac_{induction,dyck,skip_ngram,ngram,unexplained}, tic_unique_multigrams; head_type (value: confidence,
   extra: label and evidence); path_patching_nested, path_patching_unnested (data "synthetic.dyck", component
-  "0:i->1:j" for one sender or "layer0->1:j" for all heads below the receiver: loss increase in nats).
+  "0:i->1:j" for one sender or "layer0->1:j" for all heads below the receiver: loss increase in nats, std
+  column = its standard error over the bracket closings).
 """
 
 from __future__ import annotations
@@ -326,8 +327,9 @@ def patching_rows(ctx, task) -> list[ResultRow]:  # noqa: ANN001
                 for subset in ("nested", "unnested"):
                     r = df.loc[subset]
                     ok = r.n_positions > 0
+                    se = float(r.path_increase_se) if ok and math.isfinite(r.path_increase_se) else None
                     rows.append(ResultRow(task.step, comp, task.data, f"path_patching_{subset}", task.config_hash,
-                                          float(r.path_increase) if ok else None, valid=bool(ok),
+                                          float(r.path_increase) if ok else None, se, valid=bool(ok),
                                           extra={"n_positions": int(r.n_positions),
                                                  "full_increase": float(r.full_increase) if ok else None}))
     return rows

@@ -98,7 +98,8 @@ def dyck_path_patching(
             means are computed once).
     Returns:
         Rows per subset ("nested", "unnested", "other"): subset, n_positions, loss_clean, loss_path (path
-        patched), loss_full (senders ablated everywhere), path_increase, full_increase.
+        patched), loss_full (senders ablated everywhere), path_increase, full_increase, path_increase_se (the
+        standard error of path_increase over the subset's positions: std / sqrt(n_positions)).
     """
     model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
     cache = {} if cache is None else cache
@@ -119,6 +120,8 @@ def dyck_path_patching(
     for subset, mask in (("nested", dyck & nested), ("unnested", dyck & ~nested), ("other", ~dyck)):
         m = int(mask.sum())
         mean = (lambda x: float(x[mask].mean())) if m else (lambda x: float("nan"))  # noqa: E731
+        se = float((path - clean)[mask].std() / m ** 0.5) if m > 1 else float("nan")
         rows.append({"subset": subset, "n_positions": m, "loss_clean": mean(clean), "loss_path": mean(path),
-                     "loss_full": mean(full), "path_increase": mean(path - clean), "full_increase": mean(full - clean)})
+                     "loss_full": mean(full), "path_increase": mean(path - clean), "full_increase": mean(full - clean),
+                     "path_increase_se": se})
     return pd.DataFrame(rows)
