@@ -222,3 +222,25 @@ def test_real_plateaus_between_rises_survive_the_slope_evidence():
     s = detect_stages(STEPS, y + rng.normal(0, 0.02, len(X)), StageConfig(bandwidth=0.3), se=np.full(len(X), 0.02))
     assert [round(math.log1p(c.step), 1) for c in s.critical_points if c.kind == "plateau"] == [
         pytest.approx(3.5, abs=0.3), pytest.approx(6.75, abs=0.3)]
+
+
+def test_a_plateau_after_a_jump_is_resolved_only_when_longer_than_the_smoothing():
+    # The demo's shape on the paper's checkpoint schedule: a rise of 12 per ln step, a jump of 24.5 at step 2,400
+    # (the induction heads forming), a plateau of length L (ln step), then a rise of 17 per ln step. A plateau
+    # boundary is the slope's minimum, i.e. the plateau's middle, so it lies about L/2 after the jump; the
+    # smoothing must be finer than the plateau to see it. Noiseless, so only the bandwidth decides.
+    from rllc.train.config import checkpoint_schedule
+
+    steps = np.array(checkpoint_schedule(50_000), dtype=float)
+    x, jump = np.log1p(steps), math.log1p(2400)
+
+    def plateaus(length: float, bandwidth: float) -> list[float]:
+        y = 16 + 12 * np.minimum(x - jump, 0) + 24.5 * _sig((x - jump) / 0.015) + \
+            17 * np.maximum(x - (jump + 0.04 + length), 0)
+        s = detect_stages(steps, y, StageConfig(bandwidth=bandwidth), se=np.full(len(x), 1e-3))
+        return [math.log1p(c.step) - jump for c in s.critical_points if c.kind == "plateau"]
+
+    middle = 0.04 + 1.0 / 2
+    assert [pytest.approx(middle, abs=0.25)] == plateaus(1.0, 0.25)  # within one bandwidth of the middle
+    assert plateaus(0.3, 0.25) == []  # shorter than the smoothing: one stage
+    assert [pytest.approx(0.04 + 0.3 / 2, abs=0.05)] == plateaus(0.3, 0.05)
