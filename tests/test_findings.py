@@ -196,3 +196,21 @@ def test_generator_divergence_splits_the_ratio_at_the_circuit_onset():
     assert moved.verdict == "reproduced" and "circuit onset step 400" in moved.evidence, moved.evidence
     flat = multigram_circuit(results, TYPES, DYCK_MIX, _gen_llc(steps, 2.0, 2.0, 2.0, 400))
     assert flat.verdict == "not reproduced" and "+0.0 s.e." in flat.evidence
+
+
+def test_multigram_circuit_tests_the_most_dyck_of_several_dyck_heads():
+    # 1:1 passes (b), 1:2 does not; the receiver is chosen by its Dyck share before the patching is read.
+    rows = _patching(5, 0.4, 0.1, singles={"0:1": 0.3}) + [
+        dict(step=5, component="layer0->1:2", measure="path_patching_nested", value=0.1, std=0.02),
+        dict(step=5, component="layer0->1:2", measure="path_patching_unnested", value=0.3, std=0.02),
+        dict(step=5, component="0:1->1:2", measure="path_patching_nested", value=0.05, std=0.02)]
+    types = {**TYPES, "1:2": "dyck"}
+
+    def share(a: float, b: float) -> pd.DataFrame:
+        return pd.DataFrame([dict(step=5, component="1:1", measure="tic_frac_dyck", value=a, std=None),
+                             dict(step=5, component="1:2", measure="tic_frac_dyck", value=b, std=None)])
+
+    first = multigram_circuit(pd.concat([pd.DataFrame(rows), share(0.6, 0.3)]), types, DYCK_MIX)
+    assert first.verdict == "reproduced" and "largest Dyck share: 1:1" in first.evidence
+    second = multigram_circuit(pd.concat([pd.DataFrame(rows), share(0.3, 0.6)]), types, DYCK_MIX)
+    assert second.verdict == "not reproduced" and "largest Dyck share: 1:2" in second.evidence
