@@ -149,9 +149,12 @@ DYCK_MIX = "prose*0.5,synthetic.dyck*0.5"
 
 
 def test_multigram_circuit_needs_a_dyck_head_fed_by_layer0_multigram_heads():
-    strong = pd.DataFrame(_patching(5, 0.4, 0.1, singles={"0:1": 0.3, "0:0": 0.05}))
+    strong = pd.DataFrame(_patching(5, 0.4, 0.1, singles={"0:1": 0.3, "0:0": 0.05}) + [
+        dict(step=5, component="0:1->1:1", measure="k_composition", value=0.41, std=None),
+        dict(step=5, component="random", measure="k_composition", value=0.12, std=0.01)])
     f = multigram_circuit(strong, TYPES, DYCK_MIX)
     assert f.verdict == "reproduced", f.evidence
+    assert "K-composition 0:1 → 1:1 0.410 (random baseline 0.120 ± 0.010)" in f.evidence
     assert "+10.6 s.e." in f.evidence and "0:1 (n-gram) +0.300" in f.evidence and "not measured" in f.evidence
     # nested barely above unnested: 1.8 s.e. < 2
     assert multigram_circuit(pd.DataFrame(_patching(5, 0.15, 0.1, singles={"0:1": 0.3})), TYPES,

@@ -236,6 +236,19 @@ def circuit_onset(results: pd.DataFrame, receiver: str, sender: str = "layer0") 
     return int(curve.index[int(np.argmax(curve.to_numpy() >= curve.max() / 2))])
 
 
+def _k_composition(results: pd.DataFrame, sender: str | None, receiver: str) -> str:
+    """", K-composition s → r x (random baseline b ± sd)" at the last step composition was stored, or ""."""
+    k = results[results.measure == "k_composition"]
+    if sender is None or k.empty:
+        return ""
+    k = k[k.step == k.step.max()].groupby("component")[["value", "std"]].mean()
+    if f"{sender}->{receiver}" not in k.index:
+        return ""
+    base = k.loc["random"] if "random" in k.index else pd.Series({"value": float("nan"), "std": float("nan")})
+    return (f"; K-composition {sender} → {receiver} {k.value[f'{sender}->{receiver}']:.3f} (random baseline "
+            f"{base.value:.3f} ± {base['std']:.3f})")
+
+
 def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_data: str,
                       llc: pd.DataFrame | None = None) -> Finding:
     """§4.3: layer-0 multigram heads feed a layer-1 Dyck head, and the model-as-generator drLLC of layer-0 multigram
@@ -291,7 +304,7 @@ def multigram_circuit(results: pd.DataFrame, types: Mapping[str, str], train_dat
     parts = [f"(a) layer-1 heads: {shares}; the Dyck head with the largest Dyck share: {h}",
              f"(b) layer 0 → {h} path patching at step {int(last.step.max()) if len(last) else '?'}: +{nest:.3f} "
              f"nats on nested closings vs +{unnest:.3f} on unnested ({z:+.1f} s.e.); single senders on nested: "
-             f"{senders or 'none stored'}"]
+             f"{senders or 'none stored'}{_k_composition(results, top, h)}"]
     div = generator_divergence(llc, multi0, circuit_onset(results, h)) if llc is not None else None
     if div is None:
         parts.append("(c) model-as-generator drLLC not measured (no layer-0 multigram head swept on a model: data "
