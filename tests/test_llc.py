@@ -537,6 +537,42 @@ def test_stacked_strategy_walks_the_reference_chains(paired):
                      chains=2, draws=2)
 
 
+@pytest.mark.parametrize("batched", [False, True, "stacked", "auto"])
+def test_paired_losses_at_anchor_are_looked_up_exactly(batched, monkeypatch):
+    # A paired draw subtracts the chain's minibatch loss at w*. For the next-token (and soft-target) loss that is
+    # the mean of the minibatch's per-window losses at w*, computed once per estimate (estimator._losses_at_anchor)
+    # instead of a forward per chain per draw: the same λ̂ and L_n(w*) as the forwards, to float tolerance, the
+    # traces bitwise the same, for every strategy.
+    import rllc.llc.estimator as est
+
+    model = _perturbed_transformer()
+    tokens = torch.randint(0, 37, (48, 12), generator=torch.Generator().manual_seed(8))
+    comps = [None, "0:2"] if batched == "stacked" else ["1:2", None]
+    kw = dict(chains=2, draws=6, burn_in=2, batch_size=5, seed=3, init_batches=2, paired=True, batched=batched)
+    cfg = SamplerConfig(**{k: v for k, v in kw.items() if k != "batched"})
+    from rllc.llc._data import BatchSource
+
+    table = est._losses_at_anchor(next_token_loss, model.eval(), BatchSource(tokens, "cpu"), cfg)
+    assert table is not None and table.shape == (48,)  # 48 windows ≤ 2 chains × 6 draws × 5
+    with torch.no_grad():
+        direct = np.array([float(next_token_loss(model, tokens[i:i + 1])) for i in range(48)])
+    np.testing.assert_allclose(table, direct, rtol=1e-6)
+    src = BatchSource(tokens, "cpu")  # no table unpaired, for a user's loss, or past the forwards it replaces
+    assert est._losses_at_anchor(next_token_loss, model, src, cfg.replace(paired=False)) is None
+    assert est._losses_at_anchor(lambda m, b: next_token_loss(m, b), model, src, cfg) is None
+    assert est._losses_at_anchor(next_token_loss, model, src, cfg.replace(draws=4)) is None  # 40 < 48
+    made, real = [], est._losses_at_anchor
+    monkeypatch.setattr(est, "_losses_at_anchor", lambda *a: made.append(real(*a)) or made[-1])
+    looked = estimate_llc_many(model, tokens, comps, **kw)
+    assert len(made) == 1 and made[0] is not None  # the lookup ran
+    monkeypatch.setattr(est, "_losses_at_anchor", lambda *a: None)  # the strategies' own forwards at w*
+    forward = estimate_llc_many(model, tokens, comps, **kw)
+    for a, b in zip(looked, forward):
+        np.testing.assert_array_equal(a.loss_trace, b.loss_trace)
+        np.testing.assert_allclose(a.per_chain, b.per_chain, rtol=1e-5, atol=1e-4)
+        assert a.init_loss == pytest.approx(b.init_loss, rel=1e-6)
+
+
 def test_rmsprop_kernel_is_devinterps_rmsprop_sgld():
     # Cross-check against devinterp's own optimizer (optional dependency: `pip install 'rllc[bench]'`): the same
     # gradients and noise, five steps, the same positions.

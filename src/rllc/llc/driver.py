@@ -6,7 +6,8 @@ divergence and alive tracking, the kernel (`kernels/`), the paired loss at w*, t
 (`observe.py`) and progress. A gradient strategy (`strategies.py`, `heads.py`) only computes losses and gradients.
 
 Each step t: draw every chain's minibatch indices; ask the strategy for the losses (Q, C), gradients and (at a
-draw, when paired) the losses at w*; mark chains whose loss is non-finite or whose nβ(L − L*) exceeds the limit as
+draw, when paired) the losses at w* — or look those up as the mean of the minibatch's per-sample losses at w*,
+computed once per estimate where the loss is a per-sample mean (``at_anchor``); mark chains whose loss is non-finite or whose nβ(L − L*) exceeds the limit as
 diverged (they stop, park at w*, their draws are NaN); record the draw; draw each component's noise (C, d_q) from
 its own stream; ``kernel.step`` the live chains.
 
@@ -221,7 +222,8 @@ class _Cancelled(Exception):
 def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layouts: Sequence[Layout],
                anchors: Sequence[torch.Tensor], identities: Sequence[str], source: BatchSource, data_key: str,
                init_loss: float, progress: Any = None, observer: _Observer | None = None,
-               chains: Sequence[int] | None = None, cancel: threading.Event | None = None) -> list[Run]:
+               chains: Sequence[int] | None = None, cancel: threading.Event | None = None,
+               at_anchor: np.ndarray | None = None) -> list[Run]:
     """Run C chains for each of Q components on one strategy and kernel.
 
     Args:
@@ -236,6 +238,8 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
         observer: records observables at every draw, or None.
         chains: which chains of the estimate to run (their indices key their streams); None: 0 … cfg.chains − 1.
         cancel: checked every step; when set, the run stops with ``_Cancelled``.
+        at_anchor: every sample's loss at w* (n,), or None; when given, a paired draw's loss at w* is the mean of
+            its minibatch's entries (the strategy runs no forward at w*).
 
     Returns:
         One ``Run`` per component (its arrays over ``chains``, in that order).
@@ -261,7 +265,10 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
         record = cfg.is_draw(t)
         idx = None if batches is None else batches.next()  # (C, B), drawn every step whatever is alive
         positions = [s.position for s in states]
-        losses, grads, star_t = strategy.loss_and_grad(positions, idx, alive, record and paired)
+        lookup = record and paired and at_anchor is not None
+        losses, grads, star_t = strategy.loss_and_grad(positions, idx, alive, record and paired and not lookup)
+        if lookup:
+            star_t = at_anchor[idx.numpy()].mean(axis=1)  # (C,) the minibatch's mean loss at w*
         with np.errstate(invalid="ignore"):
             bad = alive & (~np.isfinite(losses) | (cfg.nbeta * (losses - init_loss) > limits))
         if bad.any():
@@ -294,7 +301,8 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
 def run_chains_on_threads(make_strategy: Callable[[], Strategy], workers: int, kernel: ModuleType,
                           cfg: SamplerConfig, layouts: Sequence[Layout], anchors: Sequence[torch.Tensor],
                           identities: Sequence[str], source: BatchSource, data_key: str, init_loss: float,
-                          progress: Any = None, observer: _Observer | None = None) -> list[Run]:
+                          progress: Any = None, observer: _Observer | None = None,
+                          at_anchor: np.ndarray | None = None) -> list[Run]:
     """``run_chains`` with the chains split into ``workers`` contiguous groups, each on its own thread with one
     intra-op thread and its own strategy (``make_strategy()``); the runs are joined in chain order.
 
@@ -306,14 +314,14 @@ def run_chains_on_threads(make_strategy: Callable[[], Strategy], workers: int, k
     groups = [g for g in np.array_split(np.arange(cfg.chains), max(1, min(workers, cfg.chains))) if len(g)]
     if len(groups) == 1 or observer is not None:
         return run_chains(make_strategy(), kernel, cfg, layouts, anchors, identities, source, data_key, init_loss,
-                          progress, observer)
+                          progress, observer, at_anchor=at_anchor)
     threads = torch.get_num_threads()
     cancel = threading.Event()
 
     def work(k: int, ids: np.ndarray) -> list[Run]:
         torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (restored for the process below)
         return run_chains(make_strategy(), kernel, cfg, layouts, anchors, identities, source, data_key,
-                          init_loss, progress if k == 0 else None, None, ids.tolist(), cancel)
+                          init_loss, progress if k == 0 else None, None, ids.tolist(), cancel, at_anchor)
 
     try:
         with ThreadPoolExecutor(len(groups), thread_name_prefix="rllc-chains") as pool:

@@ -27,7 +27,7 @@ from rllc.llc.driver import Run, _Observer, run_chains_on_threads
 from rllc.llc.heads import HeadStrategy, head_of, supported
 from rllc.llc.kernels import get_kernel
 from rllc.llc.layout import Layout, component_key
-from rllc.llc.losses import LossFn, next_token_loss
+from rllc.llc.losses import LossFn, next_token_loss, per_sample_form
 from rllc.llc.observe import Observe, Observed
 from rllc.llc.stacked import StackedStrategy
 from rllc.llc.stacked import supported as stacked_supported
@@ -120,13 +120,38 @@ def _prepare(model: nn.Module, batched: bool | str) -> nn.Module:
     return a.native() if batched == "auto" else model
 
 
-def _init_loss(loss_fn: LossFn, model: nn.Module, source: BatchSource, cfg: SamplerConfig, data_key: str) -> float:
-    """L_n(w*): the full-batch loss, or the mean over ``init_batches`` minibatches from the "init" stream."""
+def _init_loss(loss_fn: LossFn, model: nn.Module, source: BatchSource, cfg: SamplerConfig, data_key: str,
+               at_anchor: np.ndarray | None = None) -> float:
+    """L_n(w*): the full-batch loss, or the mean over ``init_batches`` minibatches from the "init" stream (each
+    minibatch's loss looked up in ``at_anchor`` when given, the per-sample losses at w*)."""
     with torch.no_grad():
         if cfg.batch_size >= source.n:
             return float(loss_fn(model, source.full()))
         idx = init_indices(cfg.seed, data_key, source.n, cfg.init_batches, cfg.batch_size)
+        if at_anchor is not None:
+            return float(np.mean(at_anchor[idx.numpy()].mean(axis=1)))
         return float(np.mean([float(loss_fn(model, source._take(i))) for i in idx]))
+
+
+def _losses_at_anchor(loss_fn: LossFn, model: nn.Module, source: BatchSource, cfg: SamplerConfig) -> np.ndarray | None:
+    """Every sample's loss at w*, (n,) float64, when that makes the paired losses cheaper; else None.
+
+    A paired estimate subtracts, at every draw, each chain's minibatch loss at w*. For a loss that is the mean of
+    per-sample losses (``losses.per_sample_form``: the next-token and soft-target losses) that is the mean of the
+    minibatch's entries of this table (samples drawn twice counted twice, as in the minibatch), so one pass over
+    the n samples replaces a forward per chain per draw — taken when n ≤ chains × draws × batch_size, the samples
+    those forwards would see. Evaluated ``batch_size`` samples at a time, as the strategies' forwards are.
+    """
+    form = per_sample_form(loss_fn)
+    if form is None or not cfg.paired or cfg.batch_size >= source.n or \
+            source.n > cfg.chains * cfg.draws * cfg.batch_size:
+        return None
+    out = np.empty(source.n)
+    with torch.no_grad():
+        for at in range(0, source.n, cfg.batch_size):
+            rows = torch.arange(at, min(at + cfg.batch_size, source.n))
+            out[at:at + len(rows)] = form(model, source._take(rows)).double().cpu().numpy()
+    return out
 
 
 class _Callback:
@@ -253,7 +278,8 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     if any(lay.size == 0 for lay in layouts):
         raise RllcError("the component selects no parameters; pick a component with at least one moving weight")
     star_model = copy.deepcopy(model).to(device).requires_grad_(False)
-    init = _init_loss(loss_fn, star_model, source, cfg, data_key)
+    at_anchor = _losses_at_anchor(loss_fn, star_model, source, cfg)
+    init = _init_loss(loss_fn, star_model, source, cfg, data_key, at_anchor)
     if not math.isfinite(init):
         raise RllcError(f"the loss at w* is {init}; check the model and data before sampling")
     named = {n: p.detach() for n, p in star_model.named_parameters()}
@@ -268,7 +294,7 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
                                                               cfg.chains, device, init, cfg.paired and not full, full)
             done = run_chains_on_threads(make_strategy, threads, kernel, cfg, [layouts[i] for i in idx],
                                          [anchors[i] for i in idx], [identities[i] for i in idx], source, data_key,
-                                         init, bar, observer)
+                                         init, bar, observer, at_anchor)
             for i, r in zip(idx, done):
                 runs[i] = r
     finally:

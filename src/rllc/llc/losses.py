@@ -48,6 +48,23 @@ def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return token_cross_entropy(forward_logits(model, tokens), tokens)
 
 
+def _next_token_per_sample(model: nn.Module, batch: Any) -> torch.Tensor:
+    """(B,) each window's mean next-token cross-entropy: every window has T−1 predicted positions, so their mean
+    is ``next_token_loss`` of the batch."""
+    tokens = _tokens(batch)
+    return token_cross_entropy(forward_logits(model, tokens), tokens, per_token=True).mean(1)
+
+
+next_token_loss._rllc_per_sample = _next_token_per_sample
+
+
+def per_sample_form(loss_fn: LossFn) -> Callable[[nn.Module, Any], torch.Tensor] | None:
+    """For a loss that is the mean of per-sample losses (``next_token_loss``, ``soft_target_loss``): the function
+    ``(model, batch) -> (B,)`` of those losses, whose mean is ``loss_fn(model, batch)``; None for any other loss
+    (nothing is assumed about a user's loss)."""
+    return getattr(loss_fn, "_rllc_per_sample", None)
+
+
 def per_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Per-token next-token cross-entropy (B, T−1) — the observable for per-token LLC contributions
     (``Observe(per_sample_loss=per_token_loss, ...)``); its mean is ``next_token_loss``."""
@@ -77,5 +94,13 @@ def soft_target_loss(reference_model: nn.Module) -> LossFn:
         logp = F.log_softmax(forward_logits(model, tokens)[:, :-1], dim=-1)  # (B, T-1, V)
         return -(ref_logp.exp() * logp).sum(-1).mean()
 
+    def per_sample(model: nn.Module, batch: Any) -> torch.Tensor:  # (B,): each window's mean, T−1 positions each
+        tokens = _tokens(batch)
+        with torch.no_grad():
+            ref_logp = F.log_softmax(forward_logits(reference_model, tokens)[:, :-1], dim=-1)
+        logp = F.log_softmax(forward_logits(model, tokens)[:, :-1], dim=-1)
+        return -(ref_logp.exp() * logp).sum(-1).mean(-1)
+
+    loss_fn._rllc_per_sample = per_sample
     loss_fn._rllc_reference = reference_model  # marks this loss for the per-head sampler (heads.py)
     return loss_fn
