@@ -621,6 +621,74 @@ def test_chains_split_over_threads_are_the_same_chains(batched):
         assert np.isfinite(a.loss_trace).all()
 
 
+@pytest.mark.parametrize("batched", ["stacked", "auto"])
+def test_observing_chains_split_over_threads_record_the_same_moments(batched, monkeypatch):
+    # With observables the chains split over threads too: one observer per chain group, the per-chain moments
+    # joined and the pooled cross-moments merged (Chan et al.) — the moments of one observer of every chain.
+    from rllc.llc import Observe
+
+    model = _perturbed_transformer()
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.randint(0, 37, (48, 12), generator=g)
+    obs = Observe(probes={"a": torch.randint(0, 37, (3, 12), generator=g), "b": torch.randint(0, 37, (2, 7), generator=g)},
+                  cross=["a"], minibatch=True)
+    comps = ["1:0", None] if batched == "auto" else [None, "0:2"]
+    kw = dict(chains=3, draws=5, burn_in=1, batch_size=4, seed=5, init_batches=2, paired=True, batched=batched,
+              observe=obs)
+    import rllc.llc.estimator as est
+
+    sizes, real = [], est._observer
+    monkeypatch.setattr(est, "_observer", lambda *a: sizes.append(a[-1]) or real(*a))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = estimate_llc_many(model, tokens, comps, **kw)
+        assert sizes == [3] * (2 if batched == "auto" else 1)  # one observer per strategy group
+        sizes.clear()
+        torch.set_num_threads(2)
+        two = estimate_llc_many(model, tokens, comps, **kw)
+        # one per chain group (auto: the heads split, the tiny model's full component is vmapped, one group)
+        assert sorted(sizes) == ([1, 2, 3] if batched == "auto" else [1, 2])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b.loss_trace, a.loss_trace, rtol=0, atol=2e-5)
+        oa, ob = a.observed, b.observed
+        assert ob.draws == oa.draws == 5 and ob.phi_mean.shape == (3,)
+        np.testing.assert_allclose(ob.phi_mean, oa.phi_mean, atol=1e-6)
+        np.testing.assert_allclose(ob.phi_var, oa.phi_var, atol=1e-6)
+        np.testing.assert_allclose(ob.minibatch_mean, oa.minibatch_mean, atol=1e-6)
+        for name in ("a", "b"):
+            for f in ("mean", "var", "cov_phi", "at_anchor"):
+                np.testing.assert_allclose(getattr(ob.probes[name], f), getattr(oa.probes[name], f), atol=1e-6,
+                                           err_msg=f"{name}.{f}")
+        assert ob.probes["a"].cross_count == oa.probes["a"].cross_count == 15
+        np.testing.assert_allclose(ob.probes["a"].cross, oa.probes["a"].cross, atol=1e-6)
+        assert np.abs(oa.probes["a"].cross).max() > 1e-4  # a real covariance, not zeros
+
+
+def test_moments_of_chain_groups_join_to_the_moments_of_all_chains():
+    # The accumulators' merge, on random draws: per-chain moments concatenated, cross-moments pooled.
+    from rllc.llc.observe import CrossMoments, Moments
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 5, 4)), rng.normal(size=(7, 5))  # draws × chains × values
+    whole, parts = Moments(5, 4), [Moments(2, 4), Moments(3, 4)]
+    cw, cp = CrossMoments(4), [CrossMoments(4), CrossMoments(4)]
+    for t in range(7):
+        whole.update(x[t], y[t])
+        cw.update(x[t])
+        for p, c, sl in zip(parts, cp, (slice(0, 2), slice(2, 5))):
+            p.update(x[t, sl], y[t, sl])
+            c.update(x[t, sl])
+    joined, pooled = Moments.join(parts), CrossMoments.pool(cp)
+    for f in ("mean", "var", "cov_with_loss", "mean_y", "var_y"):
+        np.testing.assert_allclose(getattr(joined, f), getattr(whole, f), rtol=1e-12)
+    assert pooled.count == cw.count == 35
+    np.testing.assert_allclose(pooled.covariance, np.cov(x.reshape(35, 4).T), rtol=1e-12)
+    np.testing.assert_allclose(pooled.covariance, cw.covariance, rtol=1e-12)
+
+
 def test_a_failing_chain_thread_raises_its_own_error():
     # An error inside one chain group's thread stops the others and surfaces as itself.
     model = _perturbed_transformer()

@@ -215,6 +215,22 @@ class _Observer:
                         minibatch_var=None if mb is None else mb.var[:, 0].copy())
 
 
+def _join_observers(parts: list[_Observer]) -> _Observer:
+    """Observers of disjoint contiguous chain groups (in chain order) as one: per-chain moments joined, the pooled
+    cross-moments merged (``CrossMoments.pool``) — the moments one observer of every chain would hold."""
+    out = parts[0]
+    if len(parts) == 1:
+        return out
+    for q in range(len(out.layouts)):
+        out.phi[q] = Moments.join([p.phi[q] for p in parts])
+        out.moments[q] = {n: Moments.join([p.moments[q][n] for p in parts]) for n in out.moments[q]}
+        out.cross[q] = {n: CrossMoments.pool([p.cross[q][n] for p in parts]) for n in out.cross[q]}
+        if out.mb is not None:
+            out.mb[q] = Moments.join([p.mb[q] for p in parts])
+    out.chains = sum(p.chains for p in parts)
+    return out
+
+
 class _Cancelled(Exception):
     """Raised in a worker thread when another one failed or the call was interrupted."""
 
@@ -301,27 +317,32 @@ def run_chains(strategy: Strategy, kernel: ModuleType, cfg: SamplerConfig, layou
 def run_chains_on_threads(make_strategy: Callable[[], Strategy], workers: int, kernel: ModuleType,
                           cfg: SamplerConfig, layouts: Sequence[Layout], anchors: Sequence[torch.Tensor],
                           identities: Sequence[str], source: BatchSource, data_key: str, init_loss: float,
-                          progress: Any = None, observer: _Observer | None = None,
+                          progress: Any = None, make_observer: Callable[[int], _Observer] | None = None,
                           at_anchor: np.ndarray | None = None) -> list[Run]:
     """``run_chains`` with the chains split into ``workers`` contiguous groups, each on its own thread with one
-    intra-op thread and its own strategy (``make_strategy()``); the runs are joined in chain order.
+    intra-op thread, its own strategy (``make_strategy()``) and its own observer (``make_observer(chains in the
+    group)``, or None); the runs are joined in chain order, the observers' moments joined (``_join_observers``).
 
     Small CPU ops do not split well across intra-op threads (a cpu-preset forward+backward gains ~1.3× from a
     second one); independent chains on separate threads use every core with no communication. The chains are the
-    ones ``run_chains`` walks alone (their streams are keyed by chain index). One group (``workers`` ≤ 1, one
-    chain, or an observer, which evaluates through one shared model) runs on the calling thread as it is.
+    ones ``run_chains`` walks alone (their streams are keyed by chain index). One group (``workers`` ≤ 1 or one
+    chain) runs on the calling thread as it is.
     """
     groups = [g for g in np.array_split(np.arange(cfg.chains), max(1, min(workers, cfg.chains))) if len(g)]
-    if len(groups) == 1 or observer is not None:
+    if len(groups) == 1:
+        observer = None if make_observer is None else make_observer(cfg.chains)
         return run_chains(make_strategy(), kernel, cfg, layouts, anchors, identities, source, data_key, init_loss,
                           progress, observer, at_anchor=at_anchor)
     threads = torch.get_num_threads()
     cancel = threading.Event()
+    observers: list[_Observer | None] = [None] * len(groups)
 
     def work(k: int, ids: np.ndarray) -> list[Run]:
         torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (restored for the process below)
+        if make_observer is not None:
+            observers[k] = make_observer(len(ids))
         return run_chains(make_strategy(), kernel, cfg, layouts, anchors, identities, source, data_key,
-                          init_loss, progress if k == 0 else None, None, ids.tolist(), cancel, at_anchor)
+                          init_loss, progress if k == 0 else None, observers[k], ids.tolist(), cancel, at_anchor)
 
     try:
         with ThreadPoolExecutor(len(groups), thread_name_prefix="rllc-chains") as pool:
@@ -338,7 +359,9 @@ def run_chains_on_threads(make_strategy: Callable[[], Strategy], workers: int, k
         parts = [f.result() for f in futures]
     finally:
         torch.set_num_threads(threads)  # a worker's call also set the default of threads started later
+    joined = None if make_observer is None else _join_observers(observers)
     return [Run(trace=np.concatenate([p[q].trace for p in parts]),
                 diverged_at=np.concatenate([p[q].diverged_at for p in parts]), d_moving=parts[0][q].d_moving,
-                star=None if parts[0][q].star is None else np.concatenate([p[q].star for p in parts]))
+                star=None if parts[0][q].star is None else np.concatenate([p[q].star for p in parts]),
+                observed=None if joined is None else joined.result(q))
             for q in range(len(layouts))]

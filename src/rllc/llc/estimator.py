@@ -251,6 +251,12 @@ def _plan(model: nn.Module, loss_fn: LossFn, source: BatchSource, masks_list: li
     return groups
 
 
+def _observer(model: nn.Module, observe: Observe, layouts: list[Layout], source: BatchSource, device: torch.device,
+              init: float, paired: bool, full: bool, chains: int) -> _Observer:
+    """An observer of ``chains`` chains (one per chain group when the chains are split over threads)."""
+    return _Observer(model, observe, layouts, source, chains, device, init, paired, full)
+
+
 def _estimate(model: nn.Module, data: Any, components: Sequence[Any], loss_fn: LossFn | None,
               cfg: SamplerConfig, batched: bool | str, device: str | torch.device,
               progress: bool | Callable[[int, int], None], observe: Observe | None = None) -> list[LLCResult]:
@@ -290,11 +296,12 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     try:
         for idx, make_strategy, threads in groups:
             full = cfg.batch_size >= source.n
-            observer = None if observe is None else _Observer(model, observe, [layouts[i] for i in idx], source,
-                                                              cfg.chains, device, init, cfg.paired and not full, full)
+            make_observer = None if observe is None else partial(
+                _observer, model, observe, [layouts[i] for i in idx], source, device, init, cfg.paired and not full,
+                full)
             done = run_chains_on_threads(make_strategy, threads, kernel, cfg, [layouts[i] for i in idx],
                                          [anchors[i] for i in idx], [identities[i] for i in idx], source, data_key,
-                                         init, bar, observer, at_anchor)
+                                         init, bar, make_observer, at_anchor)
             for i, r in zip(idx, done):
                 runs[i] = r
     finally:

@@ -124,6 +124,17 @@ class Moments:
     def nbytes(self) -> int:
         return self.mean.nbytes + self.m2.nbytes + self.cxy.nbytes + self.mean_y.nbytes + self.m2_y.nbytes
 
+    @classmethod
+    def join(cls, parts: Sequence["Moments"]) -> "Moments":
+        """The moments of disjoint groups of chains over the same draws, as one accumulator (chains in order)."""
+        if len({p.count for p in parts}) != 1:
+            raise ValueError("Moments.join: the parts must have recorded the same number of draws")
+        out = cls(0, parts[0].mean.shape[1])
+        out.count = parts[0].count
+        for a in ("mean", "m2", "cxy", "mean_y", "m2_y"):
+            setattr(out, a, np.concatenate([getattr(p, a) for p in parts]))
+        return out
+
 
 class CrossMoments:
     """The running N × N co-moment of values pooled over every (chain, draw) observation (float64).
@@ -160,6 +171,20 @@ class CrossMoments:
 
     def nbytes(self) -> int:
         return self.mean.nbytes + self.m2.nbytes
+
+    @classmethod
+    def pool(cls, parts: Sequence["CrossMoments"]) -> "CrossMoments":
+        """The co-moment of the union of the parts' observations (Chan et al.'s pairwise merge)."""
+        out = cls(parts[0].mean.size)
+        for p in parts:
+            n_new = out.count + p.count
+            if p.count == 0:
+                continue
+            delta = p.mean - out.mean
+            out.m2 += p.m2 + np.outer(delta, delta) * (out.count * p.count / n_new)
+            out.mean += delta * (p.count / n_new)
+            out.count = n_new
+        return out
 
 
 @dataclass(frozen=True, eq=False)
