@@ -66,8 +66,12 @@ def sgld_step(
     Returns:
         The new weights, shape S (a new tensor; inputs are not modified).
     """
-    drift = -nbeta * grads - gamma * (params - anchor)
-    moved = params + (0.5 * epsilon) * drift + math.sqrt(epsilon) * noise
+    # One output buffer, three passes: w + (ε/2)γ(w* − w) as a lerp, then the gradient and noise terms added in
+    # place (against eight elementwise passes and five temporaries written as the formula reads; ~1/4 of the
+    # time, measured on the cpu preset's full model, and equal to it to float rounding).
+    moved = torch.lerp(params, anchor, 0.5 * epsilon * gamma)
+    moved.add_(grads, alpha=-0.5 * epsilon * nbeta)
+    moved.add_(noise, alpha=math.sqrt(epsilon))
     if mask is None:
         return moved
     return torch.where(mask, moved, params)
