@@ -573,6 +573,33 @@ def test_paired_losses_at_anchor_are_looked_up_exactly(batched, monkeypatch):
         assert a.init_loss == pytest.approx(b.init_loss, rel=1e-6)
 
 
+def test_fused_cross_entropy_is_autograds_including_underflowing_targets():
+    # stacked._LinearCrossEntropy (bias folded into the GEMMs, torch.softmax, closed-form gradient) against
+    # F.cross_entropy differentiated by autograd, in float64; one row's target has p ≈ e^-200 (p underflows in
+    # float32): its loss is the exact log-sum-exp − target logit there, finite.
+    import torch.nn.functional as F
+
+    from rllc.llc.stacked import _LinearCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    N, rows, D, V = 3, 7, 5, 11
+    for dtype in (torch.float64, torch.float32):
+        h = torch.randn(N, rows, D, generator=g, dtype=dtype, requires_grad=True)
+        W = torch.randn(N, D, V, generator=g, dtype=dtype, requires_grad=True)
+        b = torch.randn(N, V, generator=g, dtype=dtype, requires_grad=True)
+        targets = torch.randint(V, (N, rows), generator=g)
+        with torch.no_grad():
+            b[1, targets[1, 2]] -= 200.0  # p(target) ≈ e^-200 in row 2 of chain 1
+        ref = torch.stack([F.cross_entropy(torch.addmm(b[n], h[n], W[n]), targets[n]) for n in range(N)])
+        got = _LinearCrossEntropy.apply(h, W, b, targets)
+        tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(got, ref, **tol)
+        assert float(ref[1].detach()) > 200.0 / rows and torch.isfinite(got).all()
+        w = torch.tensor([0.5, 2.0, -1.0], dtype=dtype)
+        for a, r in zip(torch.autograd.grad((got * w).sum(), (h, W, b)), torch.autograd.grad((ref * w).sum(), (h, W, b))):
+            torch.testing.assert_close(a, r, **tol)
+
+
 def test_rmsprop_kernel_is_devinterps_rmsprop_sgld():
     # Cross-check against devinterp's own optimizer (optional dependency: `pip install 'rllc[bench]'`): the same
     # gradients and noise, five steps, the same positions.

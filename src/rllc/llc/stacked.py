@@ -42,8 +42,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Mean next-token cross-entropy of each chain's logits h[n] W[n] + b[n], with its gradient in closed form.
 
     d(mean CE)/d logits = (softmax − onehot(target)) / rows, so the forward computes it at once, one chain at a
-    time, in the logits' own buffer: one matmul writing the logits, max, exp in place, sum, scale in place, then
-    the products for dh, dW and db — against autograd's log_softmax + nll_loss, which add a V-sized output, a
+    time: the bias rides in the GEMMs as a row of W and a column of ones in h (no V-sized bias pass, and
+    db is the last row of the dW product, no V-sized sum), ``torch.softmax`` makes the probabilities in one
+    row-wise kernel (each 4 KiB row stays in L1, where max, subtract, exp, sum and scale written out are five
+    passes over the (rows, V) block), the onehot is subtracted at the targets and the 1/rows lands on the small
+    dh and dW products. The loss is −log p(target), with the exact log-sum-exp − target logit for the rare rows
+    whose p(target) underflows. Against autograd's log_softmax + nll_loss this saves a V-sized output, a
     zero-filled V-sized gradient and two more V-sized passes in the backward. One chain's (rows, V) logits (8 MiB
     at the cpu preset's batch 32) stays under glibc's mmap ceiling (rllc/_alloc.py), where the (N, rows, V) stack
     does not. Measured in benchmarks/bench_llc.py (see docs/llc.md, *Speed*).
@@ -54,26 +58,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # h (N, rows, D), W (N, D, V) (may be an expanded view), b (N, V), targets (N, rows) long -> losses (N,)
         N, rows, D = h.shape
         need_h, need_W, need_b = ctx.needs_input_grad[:3]
+        h1 = torch.ones(N, rows, D + 1, dtype=h.dtype, device=h.device)
+        h1[..., :D] = h
+        W1 = torch.cat([W, b.unsqueeze(1)], dim=1)  # (N, D + 1, V): the bias as the last row
         losses = torch.empty(N, dtype=h.dtype, device=h.device)
         dh = torch.empty_like(h) if need_h else None
-        dW = torch.empty(N, D, W.shape[-1], dtype=h.dtype, device=h.device) if need_W else None
-        db = torch.empty(N, W.shape[-1], dtype=h.dtype, device=h.device) if need_b else None
+        dWb = torch.empty(N, D + 1, W.shape[-1], dtype=h.dtype, device=h.device) if need_W or need_b else None
         at = torch.arange(rows, device=h.device)
+        tiny = torch.finfo(h.dtype).tiny * 1e8  # below it −log p loses digits: the exact form instead
         for n in range(N):
-            logits = torch.addmm(b[n], h[n], W[n])  # (rows, V)
-            picked = logits[at, targets[n]]  # (rows,)
-            top = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(top).exp_()  # unnormalised softmax, in place
-            total = probs.sum(dim=1)
-            losses[n] = (top.squeeze(1) + total.log() - picked).mean()  # logsumexp − target logit
-            probs.mul_((1.0 / (total * rows))[:, None])
-            probs[at, targets[n]] -= 1.0 / rows  # d(mean CE)/d logits
+            logits = torch.mm(h1[n], W1[n])  # (rows, V)
+            probs = torch.softmax(logits, dim=1)
+            p_target = probs[at, targets[n]]
+            per_row = p_target.log().neg_()
+            low = p_target < tiny
+            if bool(low.any()):
+                per_row[low] = torch.logsumexp(logits[low], dim=1) - logits[low, targets[n][low]]
+            losses[n] = per_row.mean()
+            probs[at, targets[n]] -= 1.0  # rows × d(mean CE)/d logits
             if need_h:
                 torch.mm(probs, W[n].T, out=dh[n])
-            if need_W:
-                torch.mm(h[n].T, probs, out=dW[n])
-            if need_b:
-                torch.sum(probs, dim=0, out=db[n])
+            if dWb is not None:
+                torch.mm(h1[n].T, probs, out=dWb[n])
+        if dh is not None:
+            dh.mul_(1.0 / rows)
+        if dWb is not None:
+            dWb.mul_(1.0 / rows)
+        dW = dWb[:, :D] if need_W else None
+        db = dWb[:, D] if need_b else None
         ctx.save_for_backward(*(t for t in (dh, dW, db) if t is not None))
         ctx.have = (need_h, need_W, need_b)
         return losses
