@@ -128,6 +128,25 @@ def _one_thread_group():  # noqa: ANN202
     return ctx()
 
 
+def _no_anchor_table():  # noqa: ANN202
+    """A context in which paired draws run a forward at w* per chain per draw (the engine before the per-sample
+    table of losses at w*, ``estimator._losses_at_anchor``), to show what the lookup buys."""
+    import contextlib
+
+    import rllc.llc.estimator as est
+
+    @contextlib.contextmanager
+    def ctx():  # noqa: ANN202
+        orig = est._losses_at_anchor
+        est._losses_at_anchor = lambda *a: None
+        try:
+            yield
+        finally:
+            est._losses_at_anchor = orig
+
+    return ctx()
+
+
 def _load() -> str:
     import os
 
@@ -144,14 +163,18 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
     t: dict[str, list[float]] = {}
     res: dict[str, object] = {}
 
-    def add(key, fn, single=False):  # noqa: ANN001, ANN202
-        if single:
-            with _one_thread_group():
-                dt, out = _timed(fn)
-        else:
+    def add(key, fn, single=False, no_table=False):  # noqa: ANN001, ANN202
+        import contextlib
+
+        with _one_thread_group() if single else contextlib.nullcontext(), \
+                _no_anchor_table() if no_table else contextlib.nullcontext():
             dt, out = _timed(fn)
         t.setdefault(key, []).append(dt)
         res[key] = out
+
+    from rllc.llc import Observe
+
+    probe = Observe(probes={"probe": tokens[:64]})  # 64 windows' per-token losses at every draw
 
     print(f"before: {_load()}")
     for rep in range(reps):
@@ -159,6 +182,10 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
         add("dev", lambda: _devinterp(model, tokens, draws, None))  # devinterp's default call (its own L_n(w*))
         add("stacked1", lambda: estimate_llc(model, tokens, batched="stacked", **kw), single=True)
         add("autograd1", lambda: estimate_llc(model, tokens, batched=False, **kw), single=True)
+        add("paired", lambda: estimate_llc(model, tokens, paired=True, **kw))
+        add("paired_fwd", lambda: estimate_llc(model, tokens, paired=True, **kw), no_table=True)
+        add("observe", lambda: estimate_llc(model, tokens, observe=probe, **kw))
+        add("observe1", lambda: estimate_llc(model, tokens, observe=probe, **kw), single=True)
         if rep == 0:
             add("heads", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
             add("heads1", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw), single=True)
@@ -191,6 +218,11 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
     print(ratio_row("  the same, stacked on one thread group (fused cross-entropy alone)", "stacked1") + " |")
     print(ratio_row("  the same, plain autograd on one thread group (the engine before this issue's speed work)",
                     "autograd1") + " |")
+    for key, ref, label in (("paired", "paired_fwd", "paired full-model estimate: L*(minibatch) looked up in the "
+                                                     "per-sample table at w* vs a forward at w* per chain per draw"),
+                            ("observe", "observe1", "full-model estimate observing a 64-window probe: chains split "
+                                                    "over the threads vs one thread group")):
+        print(f"| {label} | {med[key]:.2f} s | {med[ref]:.2f} s (the other) | {med[key] / med[ref]:.2f} | |")
     for key, label in (("ours", "default call"), ("stacked1", "stacked, one thread group"),
                        ("autograd1", "autograd, one thread group")):
         g = flops / med[key] / 1e9
