@@ -574,12 +574,13 @@ def test_paired_losses_at_anchor_are_looked_up_exactly(batched, monkeypatch):
 
 
 def test_fused_cross_entropy_is_autograds_including_underflowing_targets():
-    # stacked._LinearCrossEntropy (bias folded into the GEMMs, torch.softmax, closed-form gradient) against
+    # stacked._LinearCrossEntropy (unembed.py's bias row and softmax, closed-form dh, dW, db) against
     # F.cross_entropy differentiated by autograd, in float64; one row's target has p ≈ e^-200 (p underflows in
     # float32): its loss is the exact log-sum-exp − target logit there, finite.
     import torch.nn.functional as F
 
     from rllc.llc.stacked import _LinearCrossEntropy
+    from rllc.llc.unembed import Workspace
 
     g = torch.Generator().manual_seed(0)
     N, rows, D, V = 3, 7, 5, 11
@@ -591,7 +592,7 @@ def test_fused_cross_entropy_is_autograds_including_underflowing_targets():
         with torch.no_grad():
             b[1, targets[1, 2]] -= 200.0  # p(target) ≈ e^-200 in row 2 of chain 1
         ref = torch.stack([F.cross_entropy(torch.addmm(b[n], h[n], W[n]), targets[n]) for n in range(N)])
-        got = _LinearCrossEntropy.apply(h, W, b, targets)
+        got = _LinearCrossEntropy.apply(h, W, b, targets, Workspace())
         tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
         torch.testing.assert_close(got, ref, **tol)
         assert float(ref[1].detach()) > 200.0 / rows and torch.isfinite(got).all()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rllc.llc import unembed
 from rllc.llc._data import BatchSource
 from rllc.llc.layout import Layout
 
@@ -42,44 +43,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Mean next-token cross-entropy of each chain's logits h[n] W[n] + b[n], with its gradient in closed form.
 
     d(mean CE)/d logits = (softmax − onehot(target)) / rows, so the forward computes it at once, one chain at a
-    time: the bias rides in the GEMMs as a row of W and a column of ones in h (no V-sized bias pass, and
-    db is the last row of the dW product, no V-sized sum), ``torch.softmax`` makes the probabilities in one
-    row-wise kernel (each 4 KiB row stays in L1, where max, subtract, exp, sum and scale written out are five
-    passes over the (rows, V) block), the onehot is subtracted at the targets and the 1/rows lands on the small
-    dh and dW products. The loss is −log p(target), with the exact log-sum-exp − target logit for the rare rows
-    whose p(target) underflows. Against autograd's log_softmax + nll_loss this saves a V-sized output, a
-    zero-filled V-sized gradient and two more V-sized passes in the backward. One chain's (rows, V) logits (8 MiB
-    at the cpu preset's batch 32) stays under glibc's mmap ceiling (rllc/_alloc.py), where the (N, rows, V) stack
-    does not. Measured in benchmarks/bench_llc.py (see docs/llc.md, *Speed*).
+    time, with the V-sized work of `unembed.py` (the per-head paths' too): the bias as one more input row
+    ([h, 1] @ [W; b]) into a kept logits buffer, one in-place ``torch.softmax``, −log p(target) read off it (rows
+    where it underflows recomputed exactly). Then the onehot is subtracted at the targets and dh = P Wᵀ and
+    [dW; db] = [h, 1]ᵀ P (db is the last row of that product: no V-sized sum), with 1/rows on those small products.
+    Against autograd's log_softmax + nll_loss this saves a V-sized output, a zero-filled V-sized gradient and the
+    V-sized passes in the backward; one chain's (rows, V) logits (8 MiB at the cpu preset's batch 32) stays under
+    glibc's mmap ceiling (rllc/_alloc.py), where the (N, rows, V) stack does not. Measured in
+    benchmarks/bench_llc.py and docs/llc.md, *Speed*.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # h (N, rows, D), W (N, D, V) (may be an expanded view), b (N, V), targets (N, rows) long -> losses (N,)
+    def forward(ctx, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
+                ws) -> torch.Tensor:
+        # h (N, rows, D), W (N, D, V) (may be an expanded view), b (N, V), targets (N, rows) long,
+        # ws an unembed.Workspace -> losses (N,)
         N, rows, D = h.shape
         need_h, need_W, need_b = ctx.needs_input_grad[:3]
-        h1 = torch.ones(N, rows, D + 1, dtype=h.dtype, device=h.device)
-        h1[..., :D] = h
-        W1 = torch.cat([W, b.unsqueeze(1)], dim=1)  # (N, D + 1, V): the bias as the last row
         losses = torch.empty(N, dtype=h.dtype, device=h.device)
         dh = torch.empty_like(h) if need_h else None
         dWb = torch.empty(N, D + 1, W.shape[-1], dtype=h.dtype, device=h.device) if need_W or need_b else None
         at = torch.arange(rows, device=h.device)
-        tiny = torch.finfo(h.dtype).tiny * 1e8  # below it −log p loses digits: the exact form instead
         for n in range(N):
-            logits = torch.mm(h1[n], W1[n])  # (rows, V)
-            probs = torch.softmax(logits, dim=1)
-            p_target = probs[at, targets[n]]
-            per_row = p_target.log().neg_()
-            low = p_target < tiny
-            if bool(low.any()):
-                per_row[low] = torch.logsumexp(logits[low], dim=1) - logits[low, targets[n][low]]
-            losses[n] = per_row.mean()
+            W_aug = unembed.augmented(W[n], b[n])  # (D + 1, V)
+            probs = unembed._logits(h[n], W_aug, ws)  # (rows, V), the workspace's buffer
+            losses[n] = unembed.softmax_nll_(probs, targets[n], unembed._exact(h[n], W_aug)).mean()
             probs[at, targets[n]] -= 1.0  # rows × d(mean CE)/d logits
             if need_h:
                 torch.mm(probs, W[n].T, out=dh[n])
             if dWb is not None:
-                torch.mm(h1[n].T, probs, out=dWb[n])
+                torch.mm(ws.get("h_aug", rows, D + 1, h).T, probs, out=dWb[n])  # [h, 1]ᵀ, as _logits wrote it
         if dh is not None:
             dh.mul_(1.0 / rows)
         if dWb is not None:
@@ -96,18 +89,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out = [next(saved) if have else None for have in ctx.have]
         dh, dW, db = out
         return (None if dh is None else dh * grad[:, None, None], None if dW is None else dW * grad[:, None, None],
-                None if db is None else db * grad[:, None], None)
+                None if db is None else db * grad[:, None], None, None)
 
 
-def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    """Mean next-token cross-entropy of N weight sets p[name] (N, *shape) on their token batches (N, B, T): (N,)."""
+def stacked_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor,  # noqa: ANN001
+                 ws: unembed.Workspace | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of N weight sets p[name] (N, *shape) on their token batches (N, B, T): (N,).
+    ``ws``: the caller's buffers for the logits (a fresh workspace if None)."""
     resid = stacked_blocks(cfg, p, stacked_embed(cfg, p, tokens), 0, cfg.n_layers)  # (N, B, T, D)
     if not torch.is_grad_enabled():
         return stacked_unembed_loss(cfg, p, resid, tokens).flatten(1).mean(1)
     N, B, T, D = resid.shape
     h = _ln(resid[:, :, :-1], p["ln_final.w"], p["ln_final.b"], cfg.ln_eps).reshape(N, B * (T - 1), D)
     targets = tokens[:, :, 1:].reshape(N, B * (T - 1))
-    return _LinearCrossEntropy.apply(h, p["unembed.W_U"], p["unembed.b_U"], targets)  # (N,)
+    return _LinearCrossEntropy.apply(h, p["unembed.W_U"], p["unembed.b_U"], targets,
+                                     unembed.Workspace() if ws is None else ws)  # (N,)
 
 
 def stacked_token_loss(cfg, p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -183,6 +179,7 @@ class StackedStrategy:
         self.anchor = {n: p.detach().to(device) for n, p in model.named_parameters()}
         union = set(n for lay in layouts for n in lay.names)
         self.moving = [n for n in self.anchor if n in union]
+        self.ws = unembed.Workspace()  # the logits buffer, kept across steps (one strategy object per thread)
 
     def loss_and_grad(self, positions: list[torch.Tensor], idx: torch.Tensor | None, alive: np.ndarray,
                       star: bool) -> tuple[np.ndarray, list[torch.Tensor], np.ndarray | None]:
@@ -198,7 +195,7 @@ class StackedStrategy:
         if idx is None:
             tokens = tokens.expand(C, *tokens.shape)
         tokens = tokens.unsqueeze(0).expand(Q, *tokens.shape).reshape(N, *tokens.shape[1:])
-        losses = stacked_loss(self.cfg, p, tokens)  # (N,)
+        losses = stacked_loss(self.cfg, p, tokens, self.ws)  # (N,)
         grads = torch.autograd.grad(losses.sum(), [leaves[n] for n in self.moving])
         g = dict(zip(self.moving, grads))
         out = [lay.gather({n: g[n][q] for n in lay.names}, lead=1) for q, lay in enumerate(self.layouts)]
