@@ -199,6 +199,24 @@ def _add_probe_args(p: argparse.ArgumentParser, *, required: bool) -> None:
                    help="split the probe windows come from (default val: held out)")
 
 
+def _add_sweep_args(p: argparse.ArgumentParser, *, components: str, probes_required: bool) -> None:
+    """The flags of the SGLD measures over checkpoints (`sweep`, `susceptibility`): what to estimate where, the
+    probes, the executor, the sampler."""
+    p.add_argument("run_dirs", nargs="+", help="run directories (several: e.g. one per seed)")
+    p.add_argument("--components", default=components,
+                   help="'heads' (every head: wrLLC), 'all' (full model), 'layer:0', 'l:h', 'a+b' for a union; "
+                        f"comma-separated (default {components})")
+    p.add_argument("--data", default="pretrain",
+                   help="data sets the posterior is sampled on (its L_n), comma-separated: pretrain, code, prose, "
+                        "synthetic.dyck, a path, or model:RUN_DIR@STEP (a reference model's predictions as soft "
+                        "targets); default pretrain")
+    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
+    _add_probe_args(p, required=probes_required)
+    _add_executor_args(p)
+    _add_sampler_args(p)
+    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
+
+
 def _sampler_overrides(args: argparse.Namespace) -> dict:
     keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "batch_size", "seed", "paired", "sampler")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -496,18 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sampler settings make new rows. Runs in-process by default, on a local "
                                    "process pool, or on Ray (--executor ray [--address ADDR]). Prints the plan "
                                    "and its duration, measured on a short probe, before it starts.")
-    p.add_argument("run_dirs", nargs="+", help="run directories (several: e.g. one per seed)")
-    p.add_argument("--components", default="heads,all",
-                   help="'heads' (every head: wrLLC), 'all' (full model), 'layer:0', 'l:h', 'a+b' for a union; "
-                        "comma-separated (default heads,all)")
-    p.add_argument("--data", default="pretrain",
-                   help="data sets, comma-separated: pretrain, code, prose, synthetic.dyck, a path, or "
-                        "model:RUN_DIR@STEP (a reference model's predictions as soft targets); default pretrain")
-    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
-    _add_probe_args(p, required=False)
-    _add_executor_args(p)
-    _add_sampler_args(p)
-    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
+    _add_sweep_args(p, components="heads,all", probes_required=False)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("susceptibility", help="per-token susceptibilities of heads to probe data over training",
@@ -523,16 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "re-running computes only what is missing. `rllc report` then draws the "
                                    "response matrix (heads x probes) over training and the attributions in "
                                    "context.")
-    p.add_argument("run_dirs", nargs="+", help="run directories")
-    p.add_argument("--components", default="heads",
-                   help="'heads' (default: every head), 'all', 'layer:0', 'l:h', 'a+b'; comma-separated")
-    p.add_argument("--data", default="pretrain",
-                   help="sampling data sets (the posterior's L_n), as for `rllc sweep` (default pretrain)")
-    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
-    _add_probe_args(p, required=True)
-    _add_executor_args(p)
-    _add_sampler_args(p)
-    p.add_argument("--quiet", action="store_true", help="no plan, estimate or progress bar")
+    _add_sweep_args(p, components="heads", probes_required=True)
     p.set_defaults(func=cmd_susceptibility)
 
     p = sub.add_parser("plot", help="draw the stored LLC curves (per head, per data set, full model)",

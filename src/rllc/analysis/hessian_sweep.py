@@ -85,24 +85,14 @@ def plan_hessian(run_dir: str | Path, *, measure: Measure = "trace", components:
                  config: HessianSweepConfig = HessianSweepConfig()) -> Plan:
     """Plan a Hessian measure at checkpoints × components × data sets of a run (validates names; computes
     nothing). Arguments as in `hessian_sweep`."""
-    from rllc.pipeline import data_key, plan_family, select_steps
-    from rllc.pipeline.data import check_data_spec, split_data_specs
-    from rllc.pipeline.jobs import require_writable
-    from rllc.sweep.sweep import expand_components
-    from rllc.train import load_run
+    from rllc.pipeline import plan_family, select_steps
+    from rllc.pipeline.data import split_data_specs
+    from rllc.sweep.sweep import plan_inputs
 
     if measure not in MEASURE_NAMES:
         raise RllcError(f"unknown Hessian measure {measure!r}; use trace, fim or rank")
-    run = load_run(run_dir)
-    require_writable(run_dir)
-    comps = expand_components(components, run.config.model)
-    if measure == "fim":
-        keys = [(SELF_DATA, SELF_DATA)]
-    else:
-        specs = split_data_specs(data)
-        for spec in specs:
-            check_data_spec(run, spec)
-        keys = [(k.key, k.spec) for k in (data_key(run, spec) for spec in specs)]
+    run, comps, data_keys = plan_inputs(run_dir, components, [] if measure == "fim" else split_data_specs(data))
+    keys = [(SELF_DATA, SELF_DATA)] if measure == "fim" else [(k.key, k.spec) for k in data_keys]
     chosen = select_steps(steps, run.steps, str(run_dir))
     hashed = config.hashed(measure)
     ref = chosen[-1] if measure == "fim" and config.reuse_fim_samples else None

@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from rllc._errors import RllcError
-from rllc.pipeline.data import check_data_spec, data_key, is_model_spec, split_data_specs
+from rllc.pipeline.data import data_key, is_model_spec, split_data_specs
 from rllc.pipeline.driver import RunResult, run_with
-from rllc.pipeline.jobs import Plan, Task, plan_family, require_writable, run_dirs
+from rllc.pipeline.jobs import Plan, Task, plan_family, run_dirs
 from rllc.pipeline.steps import select_steps
 from rllc.pipeline.store import ResultRow, config_hash
 from rllc.pipeline.worker import TaskContext
-from rllc.sweep.sweep import SweepConfig, _row, expand_components, llc_groups
+from rllc.sweep.sweep import SweepConfig, _row, llc_groups, plan_inputs
 
 FAMILY = "susceptibility"
 SUSCEPTIBILITY = "susceptibility:"
@@ -111,19 +111,12 @@ def plan_susceptibility(run_dir: str | Path | Iterable[str | Path], *, probes: P
     Returns:
         A Plan of "susceptibility" tasks, one per (run, checkpoint, sampling data set).
     """
-    from rllc.train import load_run
-
     probes = probes if isinstance(probes, ProbeConfig) else ProbeConfig(probe_specs(probes))
     config = config or SweepConfig()
     data_specs = split_data_specs(data)
     plan = Plan()
     for d in run_dirs(run_dir):
-        run = load_run(d)
-        require_writable(d)
-        comps = expand_components(components, run.config.model)
-        for spec in (*data_specs, *probes.specs):
-            check_data_spec(run, spec)
-        keys = [data_key(run, spec) for spec in data_specs]
+        run, comps, keys = plan_inputs(d, components, data_specs, also=probes.specs)
         pkeys = [data_key(run, spec) for spec in probes.specs]
         if len({k.key for k in pkeys}) != len(pkeys):
             raise RllcError(f"two probes in {','.join(probes.specs)} are the same data set; list each once")

@@ -92,6 +92,25 @@ def expand_components(spec: str | Sequence[str], model_cfg) -> list[str]:  # noq
     return out
 
 
+def plan_inputs(run_dir: str | Path, components: str | Sequence[str], data: Sequence[str],
+                also: Sequence[str] = ()):  # noqa: ANN201 - (Run, list[str], list[DataKey])
+    """The checked inputs of planning a measure on one run, before any job is made: the run (loaded, its results
+    store writable), the canonical component names and the store keys of the `data` specs; every spec of `data`
+    and `also` (e.g. probes) is validated against the run (`check_data_spec`: nothing tokenised or loaded).
+
+    Returns:
+        (run, components, data_keys): a `rllc.train.Run`, a list of names, a list of `rllc.pipeline.DataKey`.
+    """
+    from rllc.train import load_run
+
+    run = load_run(run_dir)
+    require_writable(run_dir)
+    comps = expand_components(components, run.config.model)
+    for spec in (*data, *also):
+        check_data_spec(run, spec)
+    return run, comps, [data_key(run, spec) for spec in data]
+
+
 def _is_head(name: str) -> bool:
     from rllc.model.components import Component
 
@@ -123,8 +142,6 @@ def plan_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | 
         A `rllc.pipeline.Plan` of "llc" tasks, one per (run, checkpoint, data set); `plan.pending` lists those
         still to compute.
     """
-    from rllc.train import load_run
-
     if probes is not None:
         from rllc.sweep.susceptibility import plan_susceptibility
 
@@ -135,12 +152,7 @@ def plan_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | 
     data_specs = split_data_specs(data)
     plan = Plan()
     for d in run_dirs(run_dir):
-        run = load_run(d)
-        require_writable(d)
-        comps = expand_components(components, run.config.model)
-        for spec in data_specs:
-            check_data_spec(run, spec)
-        keys = [data_key(run, spec) for spec in data_specs]
+        run, comps, keys = plan_inputs(d, components, data_specs)
         plan = plan + plan_family(d, MEASURE, steps=select_steps(steps, run.steps, str(d)), components=comps,
                                   data=[(k.key, k.spec) for k in keys], settings=config.to_dict(),
                                   config_hash=chash, options={"batch_components": batch_components})
