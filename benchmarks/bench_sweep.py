@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.run:
             print(f"trained a short cpu-preset run in {time.perf_counter() - t0:.0f} s")
         settings = dict(DEMO_SWEEP)
-        settings.pop("steps"), settings.pop("full_steps")
+        settings.pop("steps"), settings.pop("full_steps"), settings.pop("full_gap")
         n_samples = settings.pop("n_samples")
         if args.draws:
             settings["draws"] = args.draws

@@ -16,8 +16,13 @@ def test_demo_end_to_end_then_resumes_without_recomputing(tmp_path):
     assert len(list((out / "plots").glob("*.png"))) == 3
     store = ResultStore(out).frame()
     llc = store[store.measure == "llc"]
-    n_ckpt = len(list((out / "checkpoints").glob("step_*.json")))
-    assert (llc.component == "all").sum() == n_ckpt  # the full-model LLC at every checkpoint
+    from rllc.pipeline.steps import select_steps, spaced_steps
+    from rllc.sweep import DEMO_SWEEP
+    from rllc.train import load_run
+
+    avail = load_run(out).steps
+    full = {*spaced_steps(avail, DEMO_SWEEP["full_gap"]), *select_steps(DEMO_SWEEP["steps"], avail)}
+    assert set(llc[llc.component == "all"].step) == full and len(full) < len(avail)  # thinned, heads' steps kept
     assert set(llc[llc.component != "all"].data) == {"pretrain", "code", "synthetic.repeat", "prose"}
     assert (store.measure == "hessian_trace").any()
     assert any(line.startswith("stages of the full-model LLC: boundaries at") for line in first.summary)

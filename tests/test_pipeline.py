@@ -65,6 +65,26 @@ def test_one_select_steps_for_every_command():
     assert select_steps("log:3", avail) == [0, 10, 40]  # the heads' default (log:16) uses this same rule
 
 
+def test_spaced_steps_thins_the_dense_stretches_and_keeps_the_sparse_one():
+    import math
+
+    from rllc.pipeline.steps import spaced_steps
+    from rllc.train.config import checkpoint_schedule
+
+    assert spaced_steps([0, 10, 11, 12, 30, 31], 0.2) == [0, 10, 30, 31]  # walking up; the last always kept
+    assert spaced_steps([5, 0, 5, 1], 0) == [0, 1, 5]
+    avail = checkpoint_schedule(5000)  # the demo's 107 checkpoints: every 20 steps to 1,000, 40 to 2,000, 100 after
+    assert len(avail) == 107
+    kept = spaced_steps(avail, 0.035)
+    assert len(kept) == 75 and kept[0] == 0 and kept[-1] == 5000
+    gaps = [math.log1p(b) - math.log1p(a) for a, b in zip(kept, kept[1:])]
+    assert min(gaps[:-1]) >= 0.035 * (1 - 1e-9)  # all but the last step, kept whatever its gap
+    assert set(range(2100, 3000, 100)) <= set(kept)  # the induction rise (2,300-2,500) and after it: every one
+    assert {500, 520, 540, 560, 580} <= set(kept) and 600 not in kept  # from ~550 the 20-step stretch thins
+    with pytest.raises(RllcError, match="min_gap"):
+        spaced_steps(avail, -1)
+
+
 def test_data_keys_are_what_the_spec_resolves_to(run_dir, tiny_text, tmp_path, monkeypatch):
     from rllc.train import load_run
 

@@ -51,9 +51,9 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     """Train the `cpu` preset on the built-in corpus, sweep per-head rLLCs, analyse the heads, write the report.
 
     Steps: training (checkpoints, loss curve) → the demo sweep (per-head wrLLC on the pre-training mixture and on
-    `code` at 12 checkpoints, the full-model LLC at every checkpoint; `DEMO_SAMPLER`) → per-head drLLC on repeated
-    spans and on prose at the last 3 of those checkpoints (specialisation) → the full-model Hessian trace at 12
-    checkpoints → LLC curves → head analysis at 32 checkpoints (scores, ablations, composition, tokens in context,
+    `code` at 12 checkpoints, the full-model LLC at 76 of the 107, every one around the induction rise;
+    `DEMO_SAMPLER`) → per-head drLLC on repeated spans and on prose at the last 3 of those checkpoints
+    (specialisation) → the full-model Hessian trace at 12 checkpoints → LLC curves → head analysis at 32 checkpoints (scores, ablations, composition, tokens in context,
     head types) → developmental stages of the full-model LLC, timed against the induction heads' formation → the
     HTML report, which opens with the sampler, its bias and the paper's findings. Every step resumes: re-running
     after an interruption computes only what is missing.
@@ -103,7 +103,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     sweep = timed("sweep", lambda: demo_sweep(out, progress=progress, **DEMO_SAMPLER))
     s = {**DEMO_SWEEP, **DEMO_SAMPLER}
     cfg = SweepConfig(SweepConfig().sampler.replace(**{k: v for k, v in s.items()
-                                                       if k not in ("steps", "full_steps", "n_samples")}),
+                                                       if k not in ("steps", "full_steps", "full_gap", "n_samples")}),
                       s["n_samples"])
     assert cfg.config_hash() == sweep.config_hash, "the specialisation sweep must use the demo sweep's sampler"
     head_steps = select_steps(DEMO_SWEEP["steps"], run.steps)[-SPECIALISATION_STEPS:]

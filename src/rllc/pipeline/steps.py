@@ -62,3 +62,29 @@ def select_steps(spec: str | Sequence[int] | None, available: Sequence[int], whe
         near = min(avail, key=lambda a: abs(a - missing[0]))
         raise RllcError(f"{where} has no checkpoint at step {missing[0]}; nearest is {near} (see `rllc info`)")
     return sorted(set(steps))
+
+
+def spaced_steps(steps: Sequence[int], min_gap: float) -> list[int]:
+    """Thin a checkpoint list so that no two kept steps lie closer than ``min_gap`` in ln(1 + step): walking up
+    from the first step, a step is kept when it is at least ``min_gap`` past the last kept one; the last step is
+    always kept. Where the schedule is already that sparse every checkpoint stays.
+
+    Args:
+        steps: checkpoint steps (any order; duplicates ignored).
+        min_gap: the smallest kept spacing in ln(1 + step); 0 keeps every step.
+
+    Returns:
+        The kept steps, ascending.
+    """
+    if not min_gap >= 0:
+        raise RllcError(f"min_gap must be a non-negative number, got {min_gap!r}")
+    avail = sorted(set(int(s) for s in steps))
+    if not avail:
+        return []
+    kept = [avail[0]]
+    for s in avail[1:]:
+        if np.log1p(s) - np.log1p(kept[-1]) >= min_gap * (1 - 1e-9):
+            kept.append(s)
+    if kept[-1] != avail[-1]:
+        kept.append(avail[-1])
+    return kept

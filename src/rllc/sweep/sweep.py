@@ -267,9 +267,14 @@ def run_sweep(run_dir: str | Path | Iterable[str | Path], *, components: str | S
 # The demo's sweep on the cpu preset (2 × 4 heads, d_model 64, n_ctx 64, vocab 1024), sized for its budget on 2
 # CPU cores: the paper's ε, nβ, γ and 4 chains, but 20 draws of batch 8 instead of 200 draws of batch 32 (40× less
 # sampling), with paired (same-minibatch) differences, on 512 windows per data set. The heads at 12 checkpoints
-# spread on a log axis (`steps`); the full-model LLC at every checkpoint (`full_steps`), dense enough for the stage
-# detection to see the LLC jump while the induction heads form.
-DEMO_SWEEP = dict(steps="log:12", full_steps="all", chains=4, draws=20, batch_size=8, n_samples=512)
+# spread on a log axis (`steps`). The full-model LLC at the checkpoints of `full_steps` at least `full_gap` apart in
+# ln(1 + step), plus the heads' 12 (the Hessian trace's too, for App. D's comparison): stage detection works on a
+# ln-step axis with a 0.25-wide kernel, and the cpu schedule's 20- and 40-step stretches (steps 500-2,000) put up to
+# 12 checkpoints into each 0.035 of ln step, while its 100-step stretch holds one per 0.02-0.05. A gap of 0.035 keeps
+# every checkpoint from 2,100 to 2,900 — the induction rise (2,300-2,500, ln gaps 0.042/0.041) and the flat stretch
+# after it — and 76 of the 107 checkpoints; on the e868add demo's stored curve the stage finding read from those 76
+# is the one read from all 107 (transition at 2,471, peak slope 52.5 ± 0.63 vs 50 ± 0.45, same flattest points).
+DEMO_SWEEP = dict(steps="log:12", full_steps="all", full_gap=0.035, chains=4, draws=20, batch_size=8, n_samples=512)
 # The demo's probes: the heads' pre-training sweep observes these at every draw (susceptibilities from the same
 # chains), 8 held-out windows (512 tokens) each: the cost item 4 of issue 14 measures (benchmarks/
 # bench_susceptibility.py). The synthetic ones carry ground-truth labels.
@@ -279,16 +284,22 @@ DEMO_PROBES = "code,prose,synthetic.induction,synthetic.repeat"
 def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progress: bool = True,
                probes: str | None = DEMO_PROBES, **settings: Any) -> RunResult:
     """The demo's sweep: per-head wrLLC on the pre-training mixture and on `code` at 12 checkpoints spread on a log
-    axis, and the full-model LLC on the pre-training mixture at every checkpoint (`DEMO_SWEEP`; `settings`
-    override it). The heads' pre-training estimates observe `probes` (default `DEMO_PROBES`; None: none) at every
-    draw: their susceptibilities come from the same chains."""
-    from rllc.pipeline.executors import make_executor
+    axis, and the full-model LLC on the pre-training mixture at the checkpoints at least `full_gap` apart in
+    ln(1 + step) and at the heads' (`DEMO_SWEEP`; `settings` override it; full_gap=0 for every checkpoint). The
+    heads' pre-training estimates observe `probes` (default `DEMO_PROBES`; None: none) at every draw: their
+    susceptibilities come from the same chains."""
+    from rllc.pipeline.steps import spaced_steps
+    from rllc.train import load_run
 
     s = {**DEMO_SWEEP, **settings}
     steps, full_steps, n_samples = s.pop("steps"), s.pop("full_steps"), s.pop("n_samples")
+    full_gap = s.pop("full_gap")
     cfg = SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
-    heads = plan_sweep(run_dir, components="heads", data="pretrain", steps=steps, config=cfg, probes=probes) + \
-        plan_sweep(run_dir, components="heads", data="code", steps=steps, config=cfg)
+    avail = load_run(run_dir).steps
+    head_steps = select_steps(steps, avail, str(run_dir))
+    full_steps = sorted({*spaced_steps(select_steps(full_steps, avail, str(run_dir)), full_gap), *head_steps})
+    heads = plan_sweep(run_dir, components="heads", data="pretrain", steps=head_steps, config=cfg, probes=probes) + \
+        plan_sweep(run_dir, components="heads", data="code", steps=head_steps, config=cfg)
     full = plan_sweep(run_dir, components="all", data="pretrain", steps=full_steps, config=cfg)
     order = {d: i for i, d in enumerate(["pretrain", "code"])}
     plan = heads + full
