@@ -63,11 +63,12 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
         steps: training steps (default: the preset's).
         seed: random seed.
         progress: progress bars and per-stage lines.
-        preset: "default", "dyck" (`multigram_demo`: the multigram circuit on a run trained with nested
-            brackets; `out` "runs/demo" becomes "runs/demo-dyck"), or "long": also measures the demo sampler against the
-            paper's settings (4 chains × 200 draws, batch 32, with paired differences: the paper's estimator's
-            expectation without its shared 16-batch L(w*) error) on every head and the full model at the 3
-            checkpoints of `sampler_check_steps`, stored beside the demo's estimates so the report shows the bias.
+        preset: "default" (sized for 15 minutes on 2 cores; the README has its measured time), "dyck"
+            (`multigram_demo`: the multigram circuit on a run trained with nested brackets; `out` "runs/demo"
+            becomes "runs/demo-dyck"), or "long": also measures the demo sampler against the paper's settings (4
+            chains × 200 draws, batch 32, with paired differences: the paper's estimator's expectation without its
+            shared 16-batch L(w*) error) on every head and the full model at the 3 checkpoints of
+            `sampler_check_steps`, stored beside the demo's estimates so the report shows the bias.
     """
     from rllc._errors import RllcError
     from rllc.analysis.findings import RERUN_NOTE, evaluate_run, rerun_command
