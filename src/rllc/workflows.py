@@ -81,6 +81,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     from rllc.report.plots import plot_loss_curve
     from rllc.pipeline.store import ResultStore
     from rllc.sweep import DEMO_SWEEP, SweepConfig, demo_sweep, plan_sweep, run_plan, select_steps
+    from rllc.sweep.sweep import demo_config
 
     if preset not in PRESETS:
         raise RllcError(f"unknown demo preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -103,9 +104,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     loss_png = plot_loss_curve(run, out / "loss_curve.png")
     sweep = timed("sweep", lambda: demo_sweep(out, progress=progress, **DEMO_SAMPLER))
     s = {**DEMO_SWEEP, **DEMO_SAMPLER}
-    cfg = SweepConfig(SweepConfig().sampler.replace(**{k: v for k, v in s.items()
-                                                       if k not in ("steps", "full_steps", "full_gap", "n_samples")}),
-                      s["n_samples"])
+    cfg = demo_config(**DEMO_SAMPLER)
     assert cfg.config_hash() == sweep.config_hash, "the specialisation sweep must use the demo sweep's sampler"
     head_steps = select_steps(DEMO_SWEEP["steps"], run.steps)[-SPECIALISATION_STEPS:]
     timed("specialisation", lambda: run_plan(plan_sweep(out, components="heads", data=SPECIALISATION_DATA,
@@ -198,7 +197,8 @@ def multigram_demo(out: str | Path = "runs/demo-dyck", *, steps: int | None = No
     from rllc.analysis.findings import evaluate_run
     from rllc.analysis.over_training import HeadAnalysisConfig, heads_command
     from rllc.report.html import write_report
-    from rllc.sweep import DEMO_SWEEP, SweepConfig, plan_sweep, run_plan
+    from rllc.sweep import plan_sweep, run_plan
+    from rllc.sweep.sweep import demo_config
 
     out = Path(out)
     ref = out.parent / f"{out.name}-ref1"
@@ -221,10 +221,7 @@ def multigram_demo(out: str | Path = "runs/demo-dyck", *, steps: int | None = No
     ref_run = timed("train 1-layer reference", lambda: train_model(
         *preset_configs("cpu-dyck", steps=steps, seed=seed, n_layers=1), ref, progress=progress))
     chosen = multigram_steps(run.steps, MULTIGRAM_CHECKPOINTS, MULTIGRAM_FIRST_STEP)
-    s = {**DEMO_SWEEP, **DEMO_SAMPLER}
-    cfg = SweepConfig(SweepConfig().sampler.replace(**{k: v for k, v in s.items()
-                                                       if k not in ("steps", "full_steps", "n_samples")}),
-                      s["n_samples"])
+    cfg = demo_config(**DEMO_SAMPLER)
     layer0 = [f"0:{h}" for h in range(run.config.model.n_heads)]
     generator = f"model:{ref.absolute()}@{ref_run.steps[-1]}"
     sweep = timed("sweep", lambda: run_plan(

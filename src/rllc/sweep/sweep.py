@@ -281,6 +281,16 @@ DEMO_SWEEP = dict(steps="log:12", full_steps="all", full_gap=0.035, chains=4, dr
 DEMO_PROBES = "code,prose,synthetic.induction,synthetic.repeat"
 
 
+def demo_config(**settings: Any) -> SweepConfig:
+    """The SweepConfig of the demo's sweep: `DEMO_SWEEP`'s sampler settings and n_samples, `settings` (e.g. the
+    demo's burn-in) overriding them; its plan keys (steps, full_steps, full_gap) left out."""
+    s = {**DEMO_SWEEP, **settings}
+    n_samples = s.pop("n_samples")
+    for key in ("steps", "full_steps", "full_gap"):
+        s.pop(key)
+    return SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
+
+
 def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progress: bool = True,
                probes: str | None = DEMO_PROBES, **settings: Any) -> RunResult:
     """The demo's sweep: per-head wrLLC on the pre-training mixture and on `code` at 12 checkpoints spread on a log
@@ -292,9 +302,8 @@ def demo_sweep(run_dir: str | Path, *, executor: str | Any = "inprocess", progre
     from rllc.train import load_run
 
     s = {**DEMO_SWEEP, **settings}
-    steps, full_steps, n_samples = s.pop("steps"), s.pop("full_steps"), s.pop("n_samples")
-    full_gap = s.pop("full_gap")
-    cfg = SweepConfig(SweepConfig().sampler.replace(**s), n_samples)
+    steps, full_steps, full_gap = s["steps"], s["full_steps"], s["full_gap"]
+    cfg = demo_config(**settings)
     avail = load_run(run_dir).steps
     head_steps = select_steps(steps, avail, str(run_dir))
     full_steps = sorted({*spaced_steps(select_steps(full_steps, avail, str(run_dir)), full_gap), *head_steps})
