@@ -217,3 +217,13 @@ def test_multigram_circuit_tests_the_most_dyck_of_several_dyck_heads():
     assert first.verdict == "reproduced" and "largest Dyck share: 1:1" in first.evidence
     second = multigram_circuit(pd.concat([pd.DataFrame(rows), share(0.3, 0.6)]), types, DYCK_MIX)
     assert second.verdict == "not reproduced" and "largest Dyck share: 1:2" in second.evidence
+
+
+def test_generator_ratio_is_evidence_only_without_a_layer0_multigram_head():
+    steps = [100, 200, 400, 800, 1600]
+    patch = pd.DataFrame(sum((_patching(s, n, 0.1, singles={"0:1": 0.3}) for s, n in
+                              zip(steps, [0.0, 0.05, 0.3, 0.5, 0.5])), []))
+    f = multigram_circuit(patch, {**TYPES, "0:1": "current-token"}, DYCK_MIX, _gen_llc(steps, 2.0, 2.0, 1.5, 400))
+    assert f.verdict == "not reproduced"
+    assert "(c) no layer-0 head is typed multigram; evidence only, model-as-generator wdrLLC / wrLLC of layer-0 " \
+           "heads 0:1" in f.evidence and "(-" in f.evidence
