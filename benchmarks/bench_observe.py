@@ -8,12 +8,14 @@ each (K/64 windows of 64 tokens), their per-token losses at every draw for every
 
 Variants, interleaved within each repetition (the median over repetitions is reported, so machine load hits both
 sides of every ratio alike): the whole model, and the 8 heads in one ``estimate_llc_many`` (as a sweep does), each
-plain and observing. One intra-op thread unless --threads says otherwise.
+plain and observing. One intra-op thread unless --threads says otherwise; with one thread on a loaded machine the
+process CPU time (printed beside the wall time) is the work itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -47,21 +49,26 @@ def main() -> None:
     if args.only:
         variants = {args.only: variants[args.only]}
     times: dict[tuple[str, bool], list[float]] = {(v, o): [] for v in variants for o in (False, True)}
+    cpu: dict[tuple[str, bool], list[float]] = {(v, o): [] for v in variants for o in (False, True)}
+    load = os.getloadavg()[0]
     for rep in range(args.reps + 1):  # the first repetition warms up and is not counted
         for v, comps in variants.items():
             for observed in (False, True):
                 obs = Observe(probes=probes) if observed else None
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 estimate_llc_many(model, data, comps, draws=args.draws, observe=obs, **HP)
                 if rep:
                     times[(v, observed)].append((time.perf_counter() - t) / args.draws)
+                    cpu[(v, observed)].append((time.process_time() - c) / args.draws)
     print(f"{args.probes} probes × {per * n_ctx} tokens, {args.draws} draws, {args.reps} reps, "
-          f"{torch.get_num_threads()} thread(s); seconds per draw (median)")
+          f"{torch.get_num_threads()} thread(s); seconds per draw (median); load average {load:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
     for v in variants:
         plain, obs = statistics.median(times[(v, False)]), statistics.median(times[(v, True)])
         ratios = [b / a for a, b in zip(times[(v, False)], times[(v, True)])]
+        c_ratio = statistics.median(cpu[(v, True)]) / statistics.median(cpu[(v, False)])
         print(f"  {v:6s} plain {plain:.4f}  observing {obs:.4f}  ratio {obs / plain:.2f} "
-              f"(per repetition: {', '.join(f'{r:.2f}' for r in ratios)})")
+              f"(per repetition: {', '.join(f'{r:.2f}' for r in ratios)}); of process CPU time {c_ratio:.2f}")
 
 
 if __name__ == "__main__":
