@@ -400,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and time the induction heads' formation against them; write figures and one "
                                    "HTML report that opens with the sampler, its bias against the paper's and the "
                                    "paper's findings with verdicts. Sized for 15 minutes on 2 cores; last "
-                                   "measured end to end at 996 s, before the full-model LLC went from 107 to 76 "
-                                   "checkpoints (the README says where and how it was measured); on a loaded "
+                                   "measured end to end at 564 s on an idle 2-core machine (the README says where "
+                                   "and how it was measured); on a loaded "
                                    "machine set OMP_NUM_THREADS=1. Interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--steps", type=int, help="training steps (default: the cpu preset's)")
