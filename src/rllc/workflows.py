@@ -46,6 +46,19 @@ def sampler_check_steps(head_steps: list[int]) -> list[int]:
     return sorted({min(head_steps, key=lambda s: (abs(s - f * last), s)) for f in (0.1, 0.5, 1.0)})
 
 
+def _phase_timer(timings: dict[str, float], say, prefix: str):  # noqa: ANN001, ANN202
+    """A runner of named demo phases: `timed(name, fn)` calls fn, says when it starts and ends, stores its wall time
+    in `timings[name]` (seconds) and returns fn's result."""
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        say(f"{prefix} {name} ...")
+        result = fn()
+        timings[name] = time.perf_counter() - t0
+        say(f"{prefix} {name}: {timings[name]:.0f} s")
+        return result
+    return timed
+
+
 def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int = 0, progress: bool = True,
          preset: str = "default") -> DemoResult:
     """Train the `cpu` preset on the built-in corpus, sweep per-head rLLCs, analyse the heads, write the report.
@@ -92,13 +105,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int | None = None, seed: int =
     say = print if progress else (lambda *a: None)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        say(f"[demo] {name} ...")
-        result = fn()
-        timings[name] = time.perf_counter() - t0
-        say(f"[demo] {name}: {timings[name]:.0f} s")
-        return result
+    timed = _phase_timer(timings, say, "[demo]")
 
     run = timed("train", lambda: train_model(*preset_configs("cpu", steps=steps, seed=seed), out, progress=progress))
     loss_png = plot_loss_curve(run, out / "loss_curve.png")
@@ -205,13 +212,7 @@ def multigram_demo(out: str | Path = "runs/demo-dyck", *, steps: int | None = No
     say = print if progress else (lambda *a: None)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        say(f"[demo dyck] {name} ...")
-        result = fn()
-        timings[name] = time.perf_counter() - t0
-        say(f"[demo dyck] {name}: {timings[name]:.0f} s")
-        return result
+    timed = _phase_timer(timings, say, "[demo dyck]")
 
     run = timed("train", lambda: train_model(*preset_configs("cpu-dyck", steps=steps, seed=seed), out,
                                              progress=progress))
