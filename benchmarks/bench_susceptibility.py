@@ -83,13 +83,19 @@ def main() -> None:
         probe_c.append(c1)
         print(f"rep {rep}: plain {t0:.2f} s (CPU {c0:.2f} s), with probes {t1:.2f} s (CPU {c1:.2f} s), ratio "
               f"{t1 / t0:.3f} (CPU {c1 / c0:.3f}); max |λ̂ difference| {same:.2e}")
-    ratios = [b / a for a, b in zip(plain_t, probe_t)]
-    cpu = [b / a for a, b in zip(plain_c, probe_c)]
-    print(f"engine: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
-          f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
-          f" load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    _summary("engine", plain_t, probe_t, plain_c, probe_c, load)
     if args.pipeline and args.run:
         _pipeline(args, cfg)
+
+
+def _summary(label: str, plain_t: list[float], probe_t: list[float], plain_c: list[float], probe_c: list[float],
+             load: float, extra: str = "") -> None:
+    """Print the medians of the plain and observing wall times and their wall and CPU-time ratios."""
+    ratios = [b / a for a, b in zip(plain_t, probe_t)]
+    cpu = [b / a for a, b in zip(plain_c, probe_c)]
+    print(f"{label}: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
+          f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
+          f" {extra}load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 def _pipeline(args, cfg) -> None:  # noqa: ANN001
@@ -114,11 +120,7 @@ def _pipeline(args, cfg) -> None:  # noqa: ANN001
             plain_t.append(t0), plain_c.append(c0), probe_t.append(t1), probe_c.append(c1)
             print(f"pipeline rep {rep}: plain {t0:.2f} s (CPU {c0:.2f} s), with probes {t1:.2f} s (CPU {c1:.2f} s), "
                   f"ratio {t1 / t0:.3f} (CPU {c1 / c0:.3f})")
-    ratios = [b / a for a, b in zip(plain_t, probe_t)]
-    cpu = [b / a for a, b in zip(plain_c, probe_c)]
-    print(f"pipeline: median plain {statistics.median(plain_t):.2f} s, with probes {statistics.median(probe_t):.2f} s;"
-          f" median ratio {statistics.median(ratios):.3f}, of CPU time {statistics.median(cpu):.3f} (target <= 1.3);"
-          f" {torch.get_num_threads()} thread(s); load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    _summary("pipeline", plain_t, probe_t, plain_c, probe_c, load, f"{torch.get_num_threads()} thread(s); ")
 
 
 if __name__ == "__main__":
