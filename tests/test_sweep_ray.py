@@ -94,10 +94,19 @@ def test_worker_killed_mid_job_is_retried(ray_executor, run_dir, tmp_path):
     assert {k[:2] for k in keys} == {(s, c) for s in (0, 20, 40) for c in ("0:0", "all")}
 
 
-def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, run_dir, tmp_path):
-    """Every measure over checkpoints runs on Ray, not only the LLC sweep: the same rows as in-process."""
+def _in_process_and_on_ray(plan, run_dir, tmp_path, ray_executor):  # noqa: ANN001, ANN202
+    """Run `plan` of a copy of run_dir in-process and of run_dir itself on Ray: (the copy, local, remote)."""
     import shutil
 
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin, symlinks=True)
+    local = run_plan(plan(twin), progress=False)
+    ex, _ = ray_executor
+    return twin, local, run_plan(plan(run_dir), ex, progress=False)
+
+
+def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, run_dir, tmp_path):
+    """Every measure over checkpoints runs on Ray, not only the LLC sweep: the same rows as in-process."""
     from test_pipeline import HEADS, HESSIAN
 
     from rllc.analysis.hessian_sweep import plan_hessian
@@ -107,11 +116,7 @@ def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, ru
         return plan_heads(d, "40", config=HEADS) + plan_hessian(d, measure="trace", components="0:0,all",
                                                                 steps="0,40", config=HESSIAN)
 
-    twin = tmp_path / "twin"
-    shutil.copytree(run_dir, twin, symlinks=True)
-    local = run_plan(plan(twin), progress=False)
-    ex, _ = ray_executor
-    remote = run_plan(plan(run_dir), ex, progress=False)
+    twin, local, remote = _in_process_and_on_ray(plan, run_dir, tmp_path, ray_executor)
     assert remote.rows == local.rows > 0 and remote.computed == remote.planned
     a, b = load_results(twin).drop(columns="run"), load_results(run_dir).drop(columns="run")
     key = ["step", "component", "data", "measure", "config_hash"]
@@ -123,8 +128,6 @@ def test_head_and_hessian_measures_through_ray_match_in_process(ray_executor, ru
 
 def test_susceptibilities_through_ray_match_in_process(ray_executor, run_dir, tmp_path):
     """The susceptibility measure's rows and per-token arrays come back from Ray workers as from in-process."""
-    import shutil
-
     import numpy as np
 
     from rllc.pipeline import ResultStore
@@ -134,11 +137,7 @@ def test_susceptibilities_through_ray_match_in_process(ray_executor, run_dir, tm
         return plan_susceptibility(d, probes=ProbeConfig(("synthetic.induction",), n_samples=2), components="heads",
                                    steps="10,40", config=CFG)
 
-    twin = tmp_path / "twin"
-    shutil.copytree(run_dir, twin, symlinks=True)
-    local = run_plan(plan(twin), progress=False)
-    ex, _ = ray_executor
-    remote = run_plan(plan(run_dir), ex, progress=False)
+    twin, local, remote = _in_process_and_on_ray(plan, run_dir, tmp_path, ray_executor)
     assert remote.rows == local.rows == 2 * 4 * 3 and remote.computed == remote.planned
     a, b = load_results(twin), load_results(run_dir)
     merged = a.drop(columns="run").merge(b.drop(columns="run"), on=["step", "component", "data", "measure",
