@@ -66,13 +66,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         at = torch.arange(rows, device=h.device)
         for n in range(N):
             W_aug = unembed.augmented(W[n], b[n])  # (D + 1, V)
-            probs = unembed._logits(h[n], W_aug, ws)  # (rows, V), the workspace's buffer
-            losses[n] = unembed.softmax_nll_(probs, targets[n], unembed._exact(h[n], W_aug)).mean()
+            probs = unembed.logits_into(h[n], W_aug, ws)  # (rows, V), the workspace's buffer
+            losses[n] = unembed.softmax_nll_(probs, targets[n], unembed.exact_logits(h[n], W_aug)).mean()
             probs[at, targets[n]] -= 1.0  # rows × d(mean CE)/d logits
             if need_h:
                 torch.mm(probs, W[n].T, out=dh[n])
             if dWb is not None:
-                torch.mm(ws.get("h_aug", rows, D + 1, h).T, probs, out=dWb[n])  # [h, 1]ᵀ, as _logits wrote it
+                torch.mm(ws.get("h_aug", rows, D + 1, h).T, probs, out=dWb[n])  # [h, 1]ᵀ, as logits_into wrote it
         if dh is not None:
             dh.mul_(1.0 / rows)
         if dWb is not None:

@@ -15,6 +15,8 @@ reads it). Tests check both functions equal the plain formula to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 _TINY = 1e-30  # p_target below this: −log p is recomputed exactly from the row's logits
@@ -39,8 +41,9 @@ def augmented(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([W, b[None]], 0)
 
 
-def _logits(h: torch.Tensor, W_aug: torch.Tensor, ws: Workspace) -> torch.Tensor:
-    """h (rows, D) @ W + b as [h, 1] @ W_aug, written into the workspace's logits buffer (rows, V)."""
+def logits_into(h: torch.Tensor, W_aug: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """h (rows, D) @ W + b as [h, 1] @ W_aug, written into the workspace's logits buffer (rows, V); the [h, 1]
+    input stays in the workspace's "h_aug" buffer (rows, D+1) until the next call."""
     rows, D = h.shape
     h_aug = ws.get("h_aug", rows, D + 1, h)
     h_aug[:, :D].copy_(h)
@@ -67,7 +70,8 @@ def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor, exact_rows) -> tor
     return out
 
 
-def _exact(h: torch.Tensor, W_aug: torch.Tensor):  # noqa: ANN202
+def exact_logits(h: torch.Tensor, W_aug: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``index -> (k, V)``: the logits h[index] W + b of those rows, recomputed (``softmax_nll_``'s exact_rows)."""
     return lambda idx: torch.addmm(W_aug[-1], h[idx], W_aug[:-1])
 
 
@@ -84,7 +88,7 @@ def token_nll(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tensor, ws: W
     Returns:
         (rows,) −log softmax(h W + b)[target].
     """
-    return softmax_nll_(_logits(h, W_aug, ws), targets, _exact(h, W_aug))
+    return softmax_nll_(logits_into(h, W_aug, ws), targets, exact_logits(h, W_aug))
 
 
 @torch.no_grad()
@@ -101,8 +105,8 @@ def mean_nll_and_grad(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tenso
     """
     n, D = h.shape
     rows = n // groups
-    probs = _logits(h, W_aug, ws)
-    nll = softmax_nll_(probs, targets, _exact(h, W_aug))
+    probs = logits_into(h, W_aug, ws)
+    nll = softmax_nll_(probs, targets, exact_logits(h, W_aug))
     W = W_aug[:-1]  # (D, V)
     dh = torch.mm(probs, W.T).sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
     return nll.view(groups, rows).mean(1), dh
