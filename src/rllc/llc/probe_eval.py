@@ -47,18 +47,22 @@ def stacked_supported(model: nn.Module, fn: Any, batch: Any) -> bool:
 def _token_losses(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
                   ws: unembed.Workspace) -> torch.Tensor:
     """Per-token cross-entropy (N, B, T−1) of N weight sets from their final residuals (N, B, T, D); targets
-    (B, T−1) shared or (N, B, T−1): one weight set's logits at a time, in ``ws`` (`unembed.py`)."""
+    (B, T−1) shared or (N, B, T−1). LN_final's gain g and bias b are folded into the unembedding,
+    x̂ (g ⊙ W_U) + (b W_U + b_U) with x̂ the un-scaled LayerNorm, and one weight set's logits at a time are written
+    into ``ws``'s buffer and turned into losses by one in-place log-softmax (`unembed.py`)."""
     N, B, T, D = resid.shape
-    h = F.layer_norm(resid[:, :, :-1], (D,), eps=cfg.ln_eps) * p["ln_final.w"][:, None, None] \
-        + p["ln_final.b"][:, None, None]
-    h = h.reshape(N, -1, D)
-    targets = targets.reshape(-1, B * (T - 1)).expand(N, -1)
-    shared = p["unembed.W_U"].stride(0) == 0 and p["unembed.b_U"].stride(0) == 0  # one unembedding for all
-    W_aug = unembed.augmented(p["unembed.W_U"][0], p["unembed.b_U"][0]) if shared else None
-    out = torch.empty(N, B * (T - 1), dtype=h.dtype, device=h.device)
+    rows = B * (T - 1)
+    x = F.layer_norm(resid[:, :, :-1], (D,), eps=cfg.ln_eps).reshape(N, rows, D)  # x̂
+    targets = targets.reshape(-1, rows).expand(N, -1)
+    g, b, W, b_U = p["ln_final.w"], p["ln_final.b"], p["unembed.W_U"], p["unembed.b_U"]
+    shared = all(t.stride(0) == 0 for t in (g, b, W, b_U))  # one final LayerNorm and unembedding for all
+    out = torch.empty(N, rows, dtype=x.dtype, device=x.device)
+    fold = None
     for n in range(N):
-        Wn = W_aug if shared else unembed.augmented(p["unembed.W_U"][n], p["unembed.b_U"][n])
-        out[n] = unembed.token_nll(h[n], Wn, targets[n], ws)
+        if fold is None or not shared:
+            fold = (g[n][:, None] * W[n], b[n] @ W[n] + b_U[n])  # (D, V), (V,)
+        logits = torch.addmm(fold[1], x[n], fold[0], out=ws.get("logits", rows, W.shape[-1], x))
+        out[n] = unembed.log_softmax_nll_(logits, targets[n])
     return out.view(N, B, T - 1)
 
 
@@ -139,6 +143,13 @@ def head_of_layout(model: nn.Module, layout: Layout) -> tuple[int, int] | None:
     return head_of(model, masks)
 
 
+def _ln_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm's per-row scale (mean((x − mean x)²) + eps)^−½ over the last dim, keepdim (torch.var's reduction
+    is ten times slower here)."""
+    c = x - x.mean(-1, keepdim=True)
+    return c.pow_(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+
+
 class _HeadCache:
     """The w* pieces of one probe at one layer that a single moving head of that layer reuses."""
 
@@ -158,6 +169,26 @@ class _HeadCache:
         self.resid = r + self.head_out.sum(0) + p[a + "b_O"]  # (n, T, D): the w* residual after block l
         self.targets = batch[:, 1:].reshape(-1)  # (rows,)
         self.folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # last layer: head -> (U'_h, A'_h)
+        self.bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # below it: head -> (r*_h, P_h)
+
+
+class _NextBlock:
+    """Block l of the w* model as the block above a moving head sees it: its LayerNorm's gain folded into its
+    query, key and value weights, everything that does not depend on the residual (LayerNorm's bias, the positions
+    added to the query and key inputs, the projection biases) one per-position constant."""
+
+    def __init__(self, cfg, p: dict[str, torch.Tensor], l: int) -> None:  # noqa: ANN001
+        H, D, E = cfg.n_heads, cfg.d_model, cfg.d_head
+        a = f"blocks.{l}.attn."
+        Ws = [p[a + k].transpose(0, 1).reshape(D, H * E) for k in ("W_Q", "W_K", "W_V")]  # (D, H·E) each
+        W = torch.cat(Ws, 1)  # (D, 3·H·E)
+        self.gW = p[f"blocks.{l}.ln1.w"][:, None] * W  # (D, 3·H·E)
+        pos = p["pos_embed.W_pos"]  # (n_ctx, D)
+        bias = torch.cat([p[a + k].reshape(-1) for k in ("b_Q", "b_K", "b_V")])  # (3·H·E,)
+        self.C = torch.cat([pos @ Ws[0], pos @ Ws[1], torch.zeros_like(pos @ Ws[2])], 1) \
+            + (p[f"blocks.{l}.ln1.b"] @ W + bias)  # (n_ctx, 3·H·E)
+        self.W_O = p[a + "W_O"].reshape(H * E, D)
+        self.b_O = p[a + "b_O"]
 
 
 class HeadEval:
@@ -165,27 +196,33 @@ class HeadEval:
     set i moving only head ``heads[i]`` of layer ``layer`` (its seven slices; everything else at w*).
 
     The head's output is recomputed from the probe's cached w* inputs of its layer, the other heads' w* outputs
-    reused: r_{l+1} = r*_{l+1} + z_i W_O,i − z*_h W*_O,h. Below the last layer the blocks above run stacked as in
-    ``StackedEval``. For a head of the last layer the final residual is r = (r* − z*_h W*_O,h) + z_i W_O,i, so with
-    c = centred(r), s = (mean(c²) + ε)^−½ and LN_final's gain g and bias b the logits are exactly
+    reused: r_{l+1} = r*_h + z_i W_O,i with r*_h = r*_{l+1} − z*_h W*_O,h (cached per probe and head). With c(·)
+    centring over d_model, s = (mean(c(r)²) + ε)^−½ a LayerNorm's per-token scale and g, b its gain and bias, every
+    LayerNorm followed by a linear map is folded exactly through the head's d_head-wide span:
 
-        s ⊙ (A'_h + z_i M_i) + β,    A'_h = (centred(r* − z*_h W*_O,h) ⊙ g) W_U,  M_i = (centred W_O,i ⊙ g) W_U,
-        β = b W_U + b_U,
+    * below the last layer, block l+1's queries, keys and values are
+      s ⊙ (P_h + z_i M_i) + C,  P_h = (c(r*_h) ⊙ g) W_QKV,  M_i = (c(W_O,i) ⊙ g) W_QKV,
+      C = b W_QKV + [pos W_Q + b_Q | pos W_K + b_K | b_V] (``_NextBlock``), P_h cached per probe and head: a
+      d_head-wide product per draw instead of a d_model-wide one; blocks above l+1 run stacked as in ``StackedEval``,
+      and the unembedding takes LayerNorm's gain and bias in its weights (x̂ (g W_U) + (b W_U + b_U));
+    * in the last layer the logits are s ⊙ (A'_h + z_i M_i) + β, A'_h = (c(r*_h) ⊙ g) W_U, M_i = (c(W_O,i) ⊙ g) W_U,
+      β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the unembedding is a d_head-wide
+      product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a d_model-wide one.
 
-    A'_h (rows × V) computed once per probe and head (kept up to ``_MAX_FOLD_CACHE`` elements in all): per draw
-    the unembedding is a d_head-wide product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a
-    d_model-wide one (cpu preset, 2016 rows, one thread: 1.5 against 1.9 ms; the softmax after it is the same).
-    Every loss goes through `unembed.py`'s one-pass softmax. Tests check it equals ``LoopEval``.
+    Cached pieces are kept up to ``_MAX_FOLD_CACHE`` elements in all (past it they are rebuilt per call). Every loss
+    is a log-softmax in place in a kept buffer (`unembed.py`). Tests check it equals ``LoopEval``.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.cfg = model.cfg
         self.anchor = {n: p.detach() for n, p in model.named_parameters()}
         self._caches: dict[tuple[int, int], tuple[torch.Tensor, _HeadCache]] = {}
-        self._folded = 0  # elements held in folds
+        self._next: dict[int, _NextBlock] = {}
+        self._folded = 0  # elements held in folds and bases
         self.ws = unembed.Workspace()
         p = self.anchor
         self.beta = p["ln_final.b"] @ p["unembed.W_U"] + p["unembed.b_U"]  # (V,)
+        self.gW_U = p["ln_final.w"][:, None] * p["unembed.W_U"]  # (D, V): LN_final's gain folded in
 
     def _cache(self, batch: torch.Tensor, l: int) -> _HeadCache:
         hit = self._caches.get((id(batch), l))
@@ -193,23 +230,31 @@ class HeadEval:
             hit = self._caches[(id(batch), l)] = (batch, _HeadCache(self.cfg, self.anchor, batch, l))
         return hit[1]
 
+    def _keep(self, store: dict, h: int, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+        size = sum(t.numel() for t in value)
+        if self._folded + size <= _MAX_FOLD_CACHE:
+            store[h] = value
+            self._folded += size
+        return value
+
     def _fold(self, cache: _HeadCache, h: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(U'_h (rows, D), A'_h (rows, V)) for last-layer head h, kept while under ``_MAX_FOLD_CACHE``."""
         if h in cache.folds:
             return cache.folds[h]
         r = (cache.resid - cache.head_out[h])[:, :-1].reshape(-1, self.cfg.d_model)  # the predicting positions
         U = r - r.mean(-1, keepdim=True)
-        A = (U * self.anchor["ln_final.w"]) @ self.anchor["unembed.W_U"]
-        if self._folded + A.numel() <= _MAX_FOLD_CACHE:
-            cache.folds[h] = (U, A)
-            self._folded += A.numel()
-        return U, A
+        return self._keep(cache.folds, h, (U, U @ self.gW_U))
+
+    def _base(self, cache: _HeadCache, h: int, nb: _NextBlock) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r*_h (n·T, D), P_h (n·T, 3·H·E)) for head h below the last layer, kept while under ``_MAX_FOLD_CACHE``."""
+        if h in cache.bases:
+            return cache.bases[h]
+        r = (cache.resid - cache.head_out[h]).reshape(-1, self.cfg.d_model)
+        return self._keep(cache.bases, h, (r, (r - r.mean(-1, keepdim=True)) @ nb.gW))
 
     @torch.no_grad()
     def values(self, w: dict[str, torch.Tensor], batch: torch.Tensor, layer: int, heads: list[int]) -> torch.Tensor:
-        from rllc.llc.stacked import stacked_blocks
-
-        cfg, l, p = self.cfg, layer, self.anchor
+        cfg, l = self.cfg, layer
         N, (n, T), D, E = len(heads), batch.shape, cfg.d_model, cfg.d_head
         a = f"blocks.{l}.attn."
         at, hs = torch.arange(N), torch.as_tensor(heads)
@@ -223,30 +268,53 @@ class HeadEval:
         z = F.scaled_dot_product_attention(proj(c.q_in, "Q"), proj(c.q_in, "K"), proj(c.v_in, "V"), is_causal=True,
                                            scale=1.0 / E**0.5).view(N, n * T, E)
         zW = torch.bmm(z, W["W_O"])  # (N, n·T, D): the moving head's output
-        if l < cfg.n_layers - 1:
-            r = (c.resid - c.head_out[hs]) + zW.view(N, n, T, D)  # (N, n, T, D)
-            pN = {k: t.expand(N, *t.shape) for k, t in p.items()}
-            r = stacked_blocks(cfg, pN, r, l + 1, cfg.n_layers)
-            return _token_losses(cfg, pN, r, c.targets, self.ws)
-        g, W_U, eps = p["ln_final.w"], p["unembed.W_U"], cfg.ln_eps
-        rows = n * (T - 1)
+        Wc = W["W_O"] - W["W_O"].mean(-1, keepdim=True)  # (N, E, D): centred over d_model
+        if l == cfg.n_layers - 1:
+            return self._last(c, heads, z.view(N, n, T, E), zW.view(N, n, T, D), Wc)
+        pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}
+        return _token_losses(cfg, pN, self._above(c, l, heads, z, zW, Wc, n, T), c.targets, self.ws)
+
+    def _above(self, c: _HeadCache, l: int, heads: list[int], z: torch.Tensor, zW: torch.Tensor, Wc: torch.Tensor,
+               n: int, T: int) -> torch.Tensor:
+        """The final residual (N, n, T, D) when head heads[i] of layer l < L−1 outputs z[i] W_O,i (N, n·T, ·)."""
+        from rllc.llc.stacked import stacked_blocks
+
+        cfg = self.cfg
+        N, H, D, E = len(heads), cfg.n_heads, cfg.d_model, cfg.d_head
+        nb = self._next.get(l + 1) or self._next.setdefault(l + 1, _NextBlock(cfg, self.anchor, l + 1))
+        M = (Wc.reshape(N * E, D) @ nb.gW).view(N, E, -1)  # (N, E, 3·H·E)
+        r = torch.empty_like(zW)  # (N, n·T, D)
+        X = torch.empty(N, n * T, 3 * H * E, dtype=zW.dtype, device=zW.device)
+        for i, h in enumerate(heads):
+            base, P = self._base(c, h, nb)
+            torch.add(base, zW[i], out=r[i])  # r_{l+1}
+            torch.addmm(P, z[i], M[i], out=X[i])  # (c(r_{l+1}) ⊙ g) W_QKV
+        X.mul_(_ln_scale(r, cfg.ln_eps))  # × LayerNorm's scale s
+        X.view(N, n, T, -1).add_(nb.C[:T])
+        qkv = X.view(N * n, T, 3, H, E)
+        z2 = F.scaled_dot_product_attention(*(qkv[:, :, j].transpose(1, 2) for j in range(3)), is_causal=True,
+                                            scale=1.0 / E**0.5)  # (N·n, H, T, E)
+        r = torch.addmm(r.view(-1, D), z2.transpose(1, 2).reshape(-1, H * E), nb.W_O).add_(nb.b_O).view(N, n, T, D)
+        if l + 2 < cfg.n_layers:
+            pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}
+            r = stacked_blocks(cfg, pN, r, l + 2, cfg.n_layers)
+        return r
+
+    def _last(self, c: _HeadCache, heads: list[int], z: torch.Tensor, zW: torch.Tensor,
+              Wc: torch.Tensor) -> torch.Tensor:
+        """Per-token losses (N, n, T−1) for heads of the last layer (the folded unembedding)."""
+        N, n, T, E = z.shape
+        rows, V = n * (T - 1), self.gW_U.shape[1]
         out = torch.empty(N, rows, dtype=z.dtype, device=z.device)
-        zr = z.view(N, n, T, E)[:, :, :-1].reshape(N, -1, E)  # (N, rows, E) at the predicting positions
-        zWr = zW.view(N, n, T, D)[:, :, :-1].reshape(N, -1, D)
+        zr = z[:, :, :-1].reshape(N, rows, E)  # the predicting positions
+        zWr = zW[:, :, :-1].reshape(N, rows, -1)
+        M = (Wc.reshape(N * E, -1) @ self.gW_U).view(N, E, V)  # (N, E, V)
         for i, h in enumerate(heads):
             U, A = self._fold(c, h)
-            cen = U + (zWr[i] - zWr[i].mean(-1, keepdim=True))  # centred final residual (rows, D)
-            s = torch.rsqrt(cen.pow(2).mean(-1, keepdim=True) + eps)  # (rows, 1): LayerNorm's scale
-            Wo = W["W_O"][i]
-            M = ((Wo - Wo.mean(-1, keepdim=True)) * g) @ W_U  # (E, V)
-            sz = zr[i] * s
-            logits = torch.addcmul(self.beta, A, s, out=self.ws.get("logits", rows, W_U.shape[1], A))
-            torch.addmm(logits, sz, M, out=logits)  # s ⊙ (A'_h + z M) + β, accumulated in the kept buffer
-
-            def exact(idx: torch.Tensor, A=A, sz=sz, s=s, M=M) -> torch.Tensor:  # noqa: ANN001
-                return torch.addmm(torch.addcmul(self.beta, A[idx], s[idx]), sz[idx], M)
-
-            out[i] = unembed.softmax_nll_(logits, c.targets, exact)
+            s = _ln_scale(U + zWr[i], self.cfg.ln_eps)  # (rows, 1)
+            logits = torch.addcmul(self.beta, A, s, out=self.ws.get("logits", rows, V, A))
+            torch.addmm(logits, zr[i] * s, M[i], out=logits)  # s ⊙ (A'_h + z M) + β, in the kept buffer
+            out[i] = unembed.log_softmax_nll_(logits, c.targets)
         return out.view(N, n, T - 1)
 
 

@@ -70,6 +70,19 @@ def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor, exact_rows) -> tor
     return out
 
 
+def log_softmax_nll_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Overwrites ``logits`` (rows, V) with its log-softmax; returns −log p_target per row (rows,).
+
+    For losses alone (no gradient): log_softmax is x − max − log Σ exp(x − max), finite wherever the loss is, so
+    nothing is recomputed; one pass fewer than ``softmax_nll_``'s normalised write.
+    """
+    if logits.device.type == "cpu":
+        torch.log_softmax(logits, 1, out=logits)  # in place, row by row
+    else:
+        logits.copy_(torch.log_softmax(logits, 1))
+    return logits.gather(1, targets[:, None]).squeeze(1).neg_()
+
+
 def exact_logits(h: torch.Tensor, W_aug: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``index -> (k, V)``: the logits h[index] W + b of those rows, recomputed (``softmax_nll_``'s exact_rows)."""
     return lambda idx: torch.addmm(W_aug[-1], h[idx], W_aug[:-1])
