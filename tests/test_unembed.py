@@ -34,3 +34,13 @@ def test_mean_nll_and_grad_equal_autograd():
     losses, dh = unembed.mean_nll_and_grad(h, unembed.augmented(W, b), t, 3, unembed.Workspace())
     torch.testing.assert_close(losses, ref.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(dh, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_log_softmax_nll_equals_cross_entropy_where_p_underflows():
+    h, W, b, t = _case()
+    h[3] *= 60.0  # p_target underflows in float32: the log-softmax still reads the exact loss
+    logits = h @ W + b
+    ref = F.cross_entropy(logits, t, reduction="none")
+    got = unembed.log_softmax_nll_(logits.clone(), t)
+    assert torch.isfinite(got).all() and ref[3] > 100
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
