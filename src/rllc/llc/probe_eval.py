@@ -238,12 +238,12 @@ class HeadEval:
         return value
 
     def _fold(self, cache: _HeadCache, h: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U'_h (rows, D), A'_h (rows, V)) for last-layer head h, kept while under ``_MAX_FOLD_CACHE``."""
+        """(c(r*_h) (n, T, D), A'_h (rows, V)) for last-layer head h, kept while under ``_MAX_FOLD_CACHE``."""
         if h in cache.folds:
             return cache.folds[h]
-        r = (cache.resid - cache.head_out[h])[:, :-1].reshape(-1, self.cfg.d_model)  # the predicting positions
-        U = r - r.mean(-1, keepdim=True)
-        return self._keep(cache.folds, h, (U, U @ self.gW_U))
+        r = cache.resid - cache.head_out[h]
+        U = r - r.mean(-1, keepdim=True)  # centred, every position
+        return self._keep(cache.folds, h, (U, U[:, :-1].reshape(-1, self.cfg.d_model) @ self.gW_U))
 
     def _base(self, cache: _HeadCache, h: int, nb: _NextBlock) -> tuple[torch.Tensor, torch.Tensor]:
         """(r*_h (n·T, D), P_h (n·T, 3·H·E)) for head h below the last layer, kept while under ``_MAX_FOLD_CACHE``."""
@@ -271,11 +271,11 @@ class HeadEval:
         Wc = W["W_O"] - W["W_O"].mean(-1, keepdim=True)  # (N, E, D): centred over d_model
         if l == cfg.n_layers - 1:
             return self._last(c, heads, z.view(N, n, T, E), zW.view(N, n, T, D), Wc)
-        pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}
-        return _token_losses(cfg, pN, self._above(c, l, heads, z, zW, Wc, n, T), c.targets, self.ws)
+        pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}  # w*, broadcast over the weight sets
+        return _token_losses(cfg, pN, self._above(c, l, heads, z, zW, Wc, n, T, pN), c.targets, self.ws)
 
     def _above(self, c: _HeadCache, l: int, heads: list[int], z: torch.Tensor, zW: torch.Tensor, Wc: torch.Tensor,
-               n: int, T: int) -> torch.Tensor:
+               n: int, T: int, pN: dict[str, torch.Tensor]) -> torch.Tensor:
         """The final residual (N, n, T, D) when head heads[i] of layer l < L−1 outputs z[i] W_O,i (N, n·T, ·)."""
         from rllc.llc.stacked import stacked_blocks
 
@@ -285,8 +285,9 @@ class HeadEval:
         M = (Wc.reshape(N * E, D) @ nb.gW).view(N, E, -1)  # (N, E, 3·H·E)
         r = torch.empty_like(zW)  # (N, n·T, D)
         X = torch.empty(N, n * T, 3 * H * E, dtype=zW.dtype, device=zW.device)
+        bases = {h: self._base(c, h, nb) for h in dict.fromkeys(heads)}  # one per head, not per weight set
         for i, h in enumerate(heads):
-            base, P = self._base(c, h, nb)
+            base, P = bases[h]
             torch.add(base, zW[i], out=r[i])  # r_{l+1}
             torch.addmm(P, z[i], M[i], out=X[i])  # (c(r_{l+1}) ⊙ g) W_QKV
         X.mul_(_ln_scale(r, cfg.ln_eps))  # × LayerNorm's scale s
@@ -296,7 +297,6 @@ class HeadEval:
                                             scale=1.0 / E**0.5)  # (N·n, H, T, E)
         r = torch.addmm(r.view(-1, D), z2.transpose(1, 2).reshape(-1, H * E), nb.W_O).add_(nb.b_O).view(N, n, T, D)
         if l + 2 < cfg.n_layers:
-            pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}
             r = stacked_blocks(cfg, pN, r, l + 2, cfg.n_layers)
         return r
 
@@ -305,15 +305,18 @@ class HeadEval:
         """Per-token losses (N, n, T−1) for heads of the last layer (the folded unembedding)."""
         N, n, T, E = z.shape
         rows, V = n * (T - 1), self.gW_U.shape[1]
-        out = torch.empty(N, rows, dtype=z.dtype, device=z.device)
-        zr = z[:, :, :-1].reshape(N, rows, E)  # the predicting positions
-        zWr = zW[:, :, :-1].reshape(N, rows, -1)
         M = (Wc.reshape(N * E, -1) @ self.gW_U).view(N, E, V)  # (N, E, V)
+        folds = {h: self._fold(c, h) for h in dict.fromkeys(heads)}  # one per head, not per weight set
+        r = torch.empty_like(zW)  # (N, n, T, D)
         for i, h in enumerate(heads):
-            U, A = self._fold(c, h)
-            s = _ln_scale(U + zWr[i], self.cfg.ln_eps)  # (rows, 1)
-            logits = torch.addcmul(self.beta, A, s, out=self.ws.get("logits", rows, V, A))
-            torch.addmm(logits, zr[i] * s, M[i], out=logits)  # s ⊙ (A'_h + z M) + β, in the kept buffer
+            torch.add(folds[h][0], zW[i], out=r[i])  # c(r*_h) + z_i W_O,i: the final residual, shifted
+        s = _ln_scale(r, self.cfg.ln_eps)[:, :, :-1].reshape(N, rows, 1)  # LN_final's scale, predicting positions
+        sz = z[:, :, :-1].reshape(N, rows, E) * s
+        out = torch.empty(N, rows, dtype=z.dtype, device=z.device)
+        for i, h in enumerate(heads):
+            A = folds[h][1]
+            logits = torch.addcmul(self.beta, A, s[i], out=self.ws.get("logits", rows, V, A))
+            torch.addmm(logits, sz[i], M[i], out=logits)  # s ⊙ (A'_h + z M) + β, in the kept buffer
             out[i] = unembed.log_softmax_nll_(logits, c.targets)
         return out.view(N, n, T - 1)
 
