@@ -290,12 +290,12 @@ class HeadEval:
             base, P = bases[h]
             torch.add(base, zW[i], out=r[i])  # r_{l+1}
             torch.addmm(P, z[i], M[i], out=X[i])  # (c(r_{l+1}) ⊙ g) W_QKV
-        X.mul_(_ln_scale(r, cfg.ln_eps))  # × LayerNorm's scale s
-        X.view(N, n, T, -1).add_(nb.C[:T])
+        X4 = X.view(N, n, T, -1)
+        torch.addcmul(nb.C[:T], X4, _ln_scale(r, cfg.ln_eps).view(N, n, T, 1), out=X4)  # s ⊙ (…) + C, one pass
         qkv = X.view(N * n, T, 3, H, E)
         z2 = F.scaled_dot_product_attention(*(qkv[:, :, j].transpose(1, 2) for j in range(3)), is_causal=True,
                                             scale=1.0 / E**0.5)  # (N·n, H, T, E)
-        r = torch.addmm(r.view(-1, D), z2.transpose(1, 2).reshape(-1, H * E), nb.W_O).add_(nb.b_O).view(N, n, T, D)
+        r = r.add_(nb.b_O).view(-1, D).addmm_(z2.transpose(1, 2).reshape(-1, H * E), nb.W_O).view(N, n, T, D)
         if l + 2 < cfg.n_layers:
             r = stacked_blocks(cfg, pN, r, l + 2, cfg.n_layers)
         return r
