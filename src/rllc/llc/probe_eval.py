@@ -7,7 +7,8 @@ tensors stacked on a leading dim (name → (N, *shape); every other tensor stays
 * ``StackedEval`` — rllc Transformers with the per-token next-token loss: the stacked forward of `stacked.py`
   (batched GEMMs over the N weight sets), in chunks that keep the logits under ``_MAX_LOGITS`` elements;
 * ``HeadEval`` — the same losses when each weight set moves one attention head: only that head is recomputed at
-  its layer, and for a head of the last layer the unembedding is folded through its d_head-wide span (below);
+  its layer, and the LayerNorm and linear map right above it (the next block's queries, keys and values, or the
+  unembedding) are folded through its d_head-wide span (below);
 * ``VmapEval`` — any model and loss: ``torch.func.vmap`` of ``functional_call`` over the N weight sets;
 * ``LoopEval`` — the reference: the weights written into a copy of the model, one forward per weight set.
 
@@ -125,8 +126,9 @@ class StackedEval:
         return torch.cat(out)
 
 
-# Folded unembeddings (rows × vocab, float32) kept per (probe, last-layer head) across draws: 64 Mi elements =
-# 256 MiB. Past it a head's fold is rebuilt per draw (one full-width GEMM shared by that head's chains).
+# HeadEval's folded pieces (float32) kept per (probe, head) across draws — a last-layer head's A'_h (rows × vocab)
+# and c(r*_h), a lower head's r*_h and P_h (n·T × (d_model + 3·n_heads·d_head)): 64 Mi elements = 256 MiB in all.
+# Past it a head's pieces are rebuilt per call (one full-width GEMM shared by that head's chains).
 _MAX_FOLD_CACHE = 1 << 26
 
 
