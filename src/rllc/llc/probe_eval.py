@@ -207,8 +207,8 @@ class HeadEval:
       C = b W_QKV + [pos W_Q + b_Q | pos W_K + b_K | b_V] (``_NextBlock``), P_h cached per probe and head: a
       d_head-wide product per draw instead of a d_model-wide one; blocks above l+1 run stacked as in ``StackedEval``,
       and the unembedding takes LayerNorm's gain and bias in its weights (x̂ (g W_U) + (b W_U + b_U));
-    * in the last layer the logits are s ⊙ (A'_h + z_i M_i) + β, A'_h = (c(r*_h) ⊙ g) W_U, M_i = (c(W_O,i) ⊙ g) W_U,
-      β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the unembedding is a d_head-wide
+    * in the last layer the logits are s ⊙ (A'_h + z_i M_i) + β, A'_h = (c(r*_h) ⊙ g) W_U,
+      M_i = (c(W_O,i) ⊙ g) W_U, β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the unembedding is a d_head-wide
       product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a d_model-wide one.
 
     Cached pieces are kept up to ``_MAX_FOLD_CACHE`` elements in all (past it they are rebuilt per call). Every loss
@@ -248,7 +248,7 @@ class HeadEval:
         return self._keep(cache.folds, h, (U, U[:, :-1].reshape(-1, self.cfg.d_model) @ self.gW_U))
 
     def _base(self, cache: _HeadCache, h: int, nb: _NextBlock) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r*_h (n·T, D), P_h (n·T, 3·H·E)) for head h below the last layer, kept while under ``_MAX_FOLD_CACHE``."""
+        """(r*_h (n·T, D), P_h (n·T, 3·H·E)) for head h below the last layer, kept under ``_MAX_FOLD_CACHE``."""
         if h in cache.bases:
             return cache.bases[h]
         r = (cache.resid - cache.head_out[h]).reshape(-1, self.cfg.d_model)
