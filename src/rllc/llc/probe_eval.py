@@ -208,8 +208,9 @@ class HeadEval:
       d_head-wide product per draw instead of a d_model-wide one; blocks above l+1 run stacked as in ``StackedEval``,
       and the unembedding takes LayerNorm's gain and bias in its weights (x̂ (g W_U) + (b W_U + b_U));
     * in the last layer the logits are s ⊙ (A'_h + z_i M_i) + β, A'_h = (c(r*_h) ⊙ g) W_U,
-      M_i = (c(W_O,i) ⊙ g) W_U, β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the unembedding is a d_head-wide
-      product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a d_model-wide one.
+      M_i = (c(W_O,i) ⊙ g) W_U, β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the
+      unembedding is a d_head-wide product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a d_model-wide
+      one.
 
     Cached pieces are kept up to ``_MAX_FOLD_CACHE`` elements in all (past it they are rebuilt per call). Every loss
     is a log-softmax in place in a kept buffer (`unembed.py`). Tests check it equals ``LoopEval``.
