@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rllc import _gemm
 from rllc.llc import unembed
 from rllc.llc._data import BatchSource
 from rllc.llc.layout import Layout
@@ -70,9 +71,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             losses[n] = unembed.softmax_nll_(probs, targets[n], unembed.exact_logits(h[n], W_aug)).mean()
             probs[at, targets[n]] -= 1.0  # rows × d(mean CE)/d logits
             if need_h:
-                torch.mm(probs, W[n].T, out=dh[n])
-            if dWb is not None:
-                torch.mm(ws.get("h_aug", rows, D + 1, h).T, probs, out=dWb[n])  # [h, 1]ᵀ, as logits_into wrote it
+                dh[n] = _gemm.mm(probs, W[n].T, buffer=dh[n])
+            if dWb is not None:  # [h, 1]ᵀ, as logits_into wrote it
+                dWb[n] = _gemm.mm(ws.get("h_aug", rows, D + 1, h).T, probs, buffer=dWb[n])
         if dh is not None:
             dh.mul_(1.0 / rows)
         if dWb is not None:

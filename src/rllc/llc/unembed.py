@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from rllc import _gemm
+
 _TINY = 1e-30  # p_target below this: −log p is recomputed exactly from the row's logits
 
 
@@ -42,13 +44,13 @@ def augmented(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def logits_into(h: torch.Tensor, W_aug: torch.Tensor, ws: Workspace) -> torch.Tensor:
-    """h (rows, D) @ W + b as [h, 1] @ W_aug, written into the workspace's logits buffer (rows, V); the [h, 1]
-    input stays in the workspace's "h_aug" buffer (rows, D+1) until the next call."""
+    """h (rows, D) @ W + b as [h, 1] @ W_aug (rows, V): the workspace's logits buffer, or oneDNN's new tensor
+    (`rllc._gemm`); the [h, 1] input stays in the workspace's "h_aug" buffer (rows, D+1) until the next call."""
     rows, D = h.shape
     h_aug = ws.get("h_aug", rows, D + 1, h)
     h_aug[:, :D].copy_(h)
     h_aug[:, D].fill_(1.0)
-    return torch.mm(h_aug, W_aug, out=ws.get("logits", rows, W_aug.shape[1], h))
+    return _gemm.mm(h_aug, W_aug, buffer=ws.get("logits", rows, W_aug.shape[1], h))
 
 
 def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor, exact_rows) -> torch.Tensor:  # noqa: ANN001
@@ -121,5 +123,5 @@ def mean_nll_and_grad(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tenso
     probs = logits_into(h, W_aug, ws)
     nll = softmax_nll_(probs, targets, exact_logits(h, W_aug))
     W = W_aug[:-1]  # (D, V)
-    dh = torch.mm(probs, W.T).sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
+    dh = _gemm.mm(probs, W.T).sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
     return nll.view(groups, rows).mean(1), dh

@@ -1,0 +1,73 @@
+"""Float32 matrix products on CPU through oneDNN, which uses the CPU's widest vector unit, instead of MKL.
+
+PyTorch's x86 builds send a float32 ``torch.mm`` to MKL's sgemm. On AMD CPUs MKL runs its AVX2 kernels even where
+the core has AVX-512 (MKL picks kernels by vendor), so it reaches about half of such a core's fp32 peak; oneDNN,
+inside the same PyTorch build, picks kernels by instruction set. Measured on this project's 2-core AMD EPYC
+(Zen 5, AVX-512) with one thread, the unembedding products of the `cpu` preset at batch 32 (2016 rows, d_model 64,
+vocab 1024): see docs/llc.md, *Speed*, and benchmarks/bench_llc.py. The arithmetic is float32 in both (oneDNN's
+default math mode is strict fp32); only the order of the sums differs, so results agree to float rounding, not
+bit for bit.
+
+``torch.ops.mkldnn._linear_pointwise`` is the oneDNN linear that PyTorch's own compiler (Inductor) calls on CPU;
+it is not public API, so it is used only after a self-check against ``torch.mm`` on first use, only for
+float32 CPU tensors outside autograd, and never where its weight operand is strided in a way it would copy or
+re-plan on every call (a sliced weight costs seconds there). Everything else, and everything when
+RLLC_ONEDNN_GEMM=0 or the check fails, goes to ``torch.mm``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_state: dict[str, bool] = {}
+
+
+def _linear():  # noqa: ANN202
+    return torch.ops.mkldnn._linear_pointwise.default
+
+
+def available() -> bool:
+    """Whether products go to oneDNN: not disabled by RLLC_ONEDNN_GEMM=0, oneDNN built in, and a self-check
+    against ``torch.mm`` passed (cached per process)."""
+    if "ok" not in _state:
+        _state["ok"] = False
+        if os.environ.get("RLLC_ONEDNN_GEMM", "1") != "0" and torch.backends.mkldnn.is_available():
+            try:
+                g = torch.Generator().manual_seed(0)
+                a, b = torch.randn(37, 19, generator=g), torch.randn(19, 23, generator=g)
+                ok = all(torch.allclose(_linear()(a, w, None, "none", [], ""), a @ b, rtol=1e-5, atol=1e-5)
+                         for w in (b.T, b.T.contiguous()))
+                _state["ok"] = bool(ok)
+            except (RuntimeError, AttributeError, NotImplementedError):
+                pass
+    return _state["ok"]
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the oneDNN route on (if ``available()``) or off for this process (benchmarks compare the two)."""
+    _state.pop("ok", None)
+    if not flag:
+        _state["ok"] = False
+
+
+def _routable(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32 and a.dim() == 2
+            and b.dim() == 2 and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+            and (b.is_contiguous() or b.T.is_contiguous()) and available())
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` for a (m, k), b (k, n).
+
+    Args:
+        buffer: an (m, n) tensor that ``torch.mm`` writes into where it computes the product; oneDNN has no output
+            argument and returns a new tensor. Use the returned tensor either way.
+
+    Returns:
+        (m, n), equal to ``torch.mm(a, b)`` to float rounding.
+    """
+    if _routable(a, b):
+        return _linear()(a if a.is_contiguous() else a.contiguous(), b.T, None, "none", [], "")  # weight (n, k)
+    return torch.mm(a, b) if buffer is None else torch.mm(a, b, out=buffer)

@@ -1,0 +1,68 @@
+"""rllc._gemm: oneDNN float32 products equal torch.mm to float rounding, and everything else goes to torch.mm."""
+
+import pytest
+import torch
+
+from rllc import _gemm
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the oneDNN calls (the real kernel still runs)."""
+    seen = []
+    real = _gemm._linear()
+    _gemm.set_enabled(True)
+    _gemm.available()  # the self-check runs before counting
+
+    def counted(*a):
+        seen.append(a[0].shape)
+        return real(*a)
+
+    monkeypatch.setattr(_gemm, "_linear", lambda: counted)
+    yield seen
+    _gemm.set_enabled(True)
+
+
+def _mats(m=300, k=65, n=1024, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+
+
+@pytest.mark.skipif(not _gemm.available(), reason="this torch build has no oneDNN linear")
+def test_routed_products_equal_torch_mm(calls):
+    a, b = _mats()
+    ref = a.double() @ b.double()
+    for lhs, rhs in ((a, b), (a, b.T.contiguous().T), (a.T.contiguous().T, b)):  # b, bᵀ contiguous, a strided
+        out = _gemm.mm(lhs, rhs)
+        assert out.shape == (300, 1024) and out.dtype == torch.float32
+        err, mkl_err = (out.double() - ref).abs().max(), (torch.mm(lhs, rhs).double() - ref).abs().max()
+        assert err <= 4 * mkl_err + 1e-6  # float rounding, as torch.mm's own
+    assert len(calls) == 3
+
+
+def test_unroutable_products_are_torch_mm_bit_for_bit(calls):
+    a, b = _mats(40, 17, 33)
+    buf = torch.empty(40, 33)
+    sliced = torch.randn(17, 50)[:, :33]  # neither it nor its transpose is contiguous: oneDNN would re-plan
+    cases = [(a.double(), b.double()), (a, sliced), (a.requires_grad_(), b)]
+    for lhs, rhs in cases:
+        assert torch.equal(_gemm.mm(lhs, rhs), torch.mm(lhs, rhs))
+    out = _gemm.mm(a.detach(), sliced, buffer=buf)
+    assert out.data_ptr() == buf.data_ptr()  # torch.mm wrote into the kept buffer
+    assert calls == []
+
+
+def test_disabled_means_torch_mm(calls):
+    a, b = _mats(40, 17, 33)
+    _gemm.set_enabled(False)
+    assert not _gemm.available()
+    assert torch.equal(_gemm.mm(a, b), torch.mm(a, b)) and calls == []
+    _gemm.set_enabled(True)
+
+
+def test_env_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv("RLLC_ONEDNN_GEMM", "0")
+    _gemm.set_enabled(True)  # re-reads the environment
+    assert not _gemm.available()
+    monkeypatch.delenv("RLLC_ONEDNN_GEMM")
+    _gemm.set_enabled(True)
