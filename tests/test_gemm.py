@@ -66,3 +66,22 @@ def test_env_switch_turns_it_off(monkeypatch):
     assert not _gemm.available()
     monkeypatch.delenv("RLLC_ONEDNN_GEMM")
     _gemm.set_enabled(True)
+
+
+@pytest.mark.parametrize("expanded", [False, True])
+def test_affine_and_its_gradients_equal_baddbmm(calls, expanded):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 50, 16, generator=g, requires_grad=True)
+    W0 = torch.randn(16, 24, generator=g)
+    W = (W0.expand(3, 16, 24) if expanded else torch.randn(3, 16, 24, generator=g)).requires_grad_(not expanded)
+    b = torch.randn(3, 24, generator=g, requires_grad=True)
+    dy = torch.randn(3, 50, 24, generator=g)
+    y = _gemm.affine(x, W, b)
+    grads = torch.autograd.grad((y * dy).sum(), [x, b] + ([] if expanded else [W]))
+    ref_y = torch.baddbmm(b[:, None], x, W)
+    ref = torch.autograd.grad((ref_y * dy).sum(), [x, b] + ([] if expanded else [W]))
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    for a, r in zip(grads, ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+    if _gemm.available():
+        assert len(calls) >= 3  # the forward's products went to oneDNN (the backward's through mm)

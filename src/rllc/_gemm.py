@@ -52,9 +52,10 @@ def set_enabled(flag: bool) -> None:
         _state["ok"] = False
 
 
-def _routable(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _routable(a: torch.Tensor, b: torch.Tensor, autograd: bool = False) -> bool:
+    """Whether ``a @ b`` goes to oneDNN; ``autograd``: the caller differentiates it itself (``_Affine``)."""
     return (a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32 and a.dim() == 2
-            and b.dim() == 2 and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+            and b.dim() == 2 and (autograd or not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)))
             and (b.is_contiguous() or b.T.is_contiguous()) and available())
 
 
@@ -71,3 +72,45 @@ def mm(a: torch.Tensor, b: torch.Tensor, *, buffer: torch.Tensor | None = None) 
     if _routable(a, b):
         return _linear()(a if a.is_contiguous() else a.contiguous(), b.T, None, "none", [], "")  # weight (n, k)
     return torch.mm(a, b) if buffer is None else torch.mm(a, b, out=buffer)
+
+
+class _Affine(torch.autograd.Function):
+    """y[n] = x[n] @ W[n] + b[n] for n < N, each product by oneDNN; the backward's products too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, W)
+        ctx.has_b = b is not None
+        lin = _linear()
+        return torch.stack([lin(x[n] if x[n].is_contiguous() else x[n].contiguous(), W[n].T,
+                                None if b is None else b[n], "none", [], "") for n in range(x.shape[0])])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):  # noqa: ANN001, ANN205
+        x, W = ctx.saved_tensors
+        dx = dW = db = None
+        N = x.shape[0]
+        if ctx.needs_input_grad[0]:
+            dx = torch.stack([mm(dy[n], W[n].T) for n in range(N)])
+        if ctx.needs_input_grad[1]:
+            dW = torch.stack([mm(x[n].T, dy[n]) for n in range(N)])
+        if ctx.has_b and ctx.needs_input_grad[2]:
+            db = dy.sum(1)
+        return dx, dW, db
+
+
+def affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched ``x @ W + b`` with autograd: ``torch.baddbmm(b[:, None], x, W)`` with every product (forward and
+    backward) by oneDNN where ``mm`` would route it.
+
+    Args:
+        x: (N, M, K); W: (N, K, J), each W[n] contiguous or transposed-contiguous (an expanded W is fine);
+            b: (N, J) or None.
+
+    Returns:
+        (N, M, J), equal to the torch expression to float rounding.
+    """
+    if x.dim() == 3 and W.dim() == 3 and _routable(x[0], W[0], autograd=True) \
+            and (b is None or b.dtype == torch.float32):
+        return _Affine.apply(x, W, b)
+    return torch.bmm(x, W) if b is None else torch.baddbmm(b[:, None], x, W)

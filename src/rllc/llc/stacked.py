@@ -134,13 +134,13 @@ def stacked_blocks(cfg, p: dict[str, torch.Tensor], resid: torch.Tensor, start: 
 
         def proj(x, name):  # (N, B·T, D) -> (N·B, H, T, E)
             W = p[a + "W_" + name].transpose(1, 2).reshape(N, D, H * E)
-            y = torch.baddbmm(p[a + "b_" + name].reshape(N, 1, H * E), x, W)
+            y = _gemm.affine(x, W, p[a + "b_" + name].reshape(N, H * E))
             return y.view(N * B, T, H, E).transpose(1, 2)
 
         z = F.scaled_dot_product_attention(proj(nq, "Q"), proj(nq, "K"), proj(nv.reshape(N, B * T, D), "V"),
                                            is_causal=True, scale=scale)  # (N·B, H, T, E)
         z = z.transpose(1, 2).reshape(N, B * T, H * E)
-        out = torch.baddbmm(p[a + "b_O"].view(N, 1, D), z, p[a + "W_O"].reshape(N, H * E, D))  # (N, B·T, D)
+        out = _gemm.affine(z, p[a + "W_O"].reshape(N, H * E, D), p[a + "b_O"].view(N, D))  # (N, B·T, D)
         resid = resid + out.view(N, B, T, D)
     return resid
 
