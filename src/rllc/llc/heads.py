@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rllc import _gemm
 from rllc.llc import unembed
 from rllc.llc._data import BatchSource
 from rllc.llc.losses import LossFn, next_token_loss
@@ -80,6 +81,14 @@ def supported(model: nn.Module, loss_fn: LossFn, source: BatchSource) -> bool:
     return loss_fn is next_token_loss or isinstance(getattr(loss_fn, "_rllc_reference", None), nn.Module)
 
 
+def _project(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``rllc.model.transformer.project`` (x (..., T, D), W (H, D, E), b (H, E) -> (..., T, H, E)) with its
+    products (and their gradients) through ``_gemm.affine``."""
+    H, D, E = W.shape
+    y = _gemm.affine(x.reshape(1, -1, D), W.transpose(0, 1).reshape(1, D, H * E), b.reshape(1, H * E))
+    return y.view(*x.shape[:-1], H, E)
+
+
 @dataclass
 class _Cache:
     """The w* forward on one minibatch."""
@@ -110,6 +119,7 @@ class HeadStrategy:
         self.by_layer = {l: idx for l, idx in self.by_layer.items() if idx}
         self.full_cache: _Cache | None = None  # full batch (batch_size >= n): one w* forward serves every step
         self.W_aug = unembed.augmented(self.m.unembed.W_U, self.m.unembed.b_U)  # (D+1, V): bias as an input row
+        self.p1 = {n: t.detach()[None] for n, t in self.m.named_parameters()}  # w* as one stacked weight set
         self.ws = unembed.Workspace()  # the logits buffer, reused every step
 
     # --------------------------------------------------------------------------------------------- forward at w*
@@ -194,20 +204,21 @@ class HeadStrategy:
     def _final(self, l: int, heads: list[int], theta: dict[str, torch.Tensor], cache: _Cache) -> torch.Tensor:
         """LN_final of the residual at the predicting positions, (Q·B, T-1, D), when head heads[i] of layer l
         takes the weights theta[·][i] (differentiable in theta)."""
-        from rllc.model.transformer import causal_attention, project
+        from rllc.llc.stacked import stacked_blocks
+        from rllc.model.transformer import causal_attention
 
         m, a = self.m, self.m.blocks[l].attn
-        z = causal_attention(project(cache.q_in[l], theta["W_Q"], theta["b_Q"]),
-                             project(cache.q_in[l], theta["W_K"], theta["b_K"]),
-                             project(cache.v_in[l], theta["W_V"], theta["b_V"]), a.scale)  # (B, T, Q, E)
+        z = causal_attention(_project(cache.q_in[l], theta["W_Q"], theta["b_Q"]),
+                             _project(cache.q_in[l], theta["W_K"], theta["b_K"]),
+                             _project(cache.v_in[l], theta["W_V"], theta["b_V"]), a.scale)  # (B, T, Q, E)
+        B, T, Q, E = z.shape
         z_star = cache.z[l][:, :, heads]  # (B, T, Q, E)
         W_O_star = self.anchor[l]["W_O"][heads]  # (Q, E, D)
-        delta = torch.einsum("btqe,qed->qbtd", z, theta["W_O"]) - \
-            torch.einsum("btqe,qed->qbtd", z_star, W_O_star)  # (Q, B, T, D): the head's change of output
-        r = (cache.resid[l + 1] + delta).flatten(0, 1)  # (Q·B, T, D)
-        pos = m.pos_embed.W_pos[:r.shape[1]]
-        for blk in m.blocks[l + 1:]:  # recompute the layers above with the new head output
-            r = blk(r, pos)
+        by_head = (lambda t: t.permute(2, 0, 1, 3).reshape(Q, B * T, E))  # (B, T, Q, E) -> (Q, B·T, E)
+        delta = _gemm.affine(by_head(z), theta["W_O"]) - _gemm.affine(by_head(z_star), W_O_star)  # (Q, B·T, D)
+        r = (cache.resid[l + 1] + delta.view(Q, B, T, -1)).flatten(0, 1)  # (Q·B, T, D): the head's change added
+        # the layers above with the new head output: the stacked strategy's blocks, one weight set (w*)
+        r = stacked_blocks(m.cfg, self.p1, r[None], l + 1, self.L)[0]
         return m.ln_final(r[:, :-1])  # the last position predicts nothing
 
     # ------------------------------------------------------------------------------------------- the strategy
