@@ -70,3 +70,27 @@ def test_import_rllc_tunes_the_allocator_unless_turned_off():
     assert on["tuned"] is True and on["mmapped"] == 0 and on["kept"] >= _BLOCK, on
     off = _child("module", env_value="0")
     assert off["tuned"] is False and off["mmapped"] >= _BLOCK, off
+
+
+# A fresh interpreter: optionally tune the allocator, malloc/free in a second thread, then glibc's per-arena report.
+_THREAD_CHILD = """
+import ctypes, importlib.util, sys, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+if sys.argv[1] == "module":
+    spec = importlib.util.spec_from_file_location("_alloc", sys.argv[2])
+    alloc = importlib.util.module_from_spec(spec); spec.loader.exec_module(alloc)
+    assert alloc.keep_freed_memory()
+def work():
+    p = libc.malloc(1 << 20)
+    libc.free(p)
+t = threading.Thread(target=work); t.start(); t.join()
+libc.malloc_stats()  # to stderr: one "Arena N:" section per arena
+"""
+
+
+@pytest.mark.parametrize("mode, arenas", [("none", 2), ("module", 1)])
+def test_threads_share_the_main_heap_once_tuned(mode, arenas):
+    out = subprocess.run([sys.executable, "-c", _THREAD_CHILD, mode, str(_ALLOC)], capture_output=True, text=True,
+                         check=True)
+    assert out.stderr.count("Arena ") == arenas, out.stderr  # glibc's own bookkeeping: a second thread's own arena
