@@ -59,6 +59,7 @@ def test_stage_finding_needs_boundaries_on_both_sides_within_an_interval():
 
     f = stages_vs_induction(stages, induction(4.06), steps)  # forms at the maximum, boundaries either side
     assert f.verdict == "reproduced", f.evidence
+    assert f.evidence.endswith("estimates in the LLC curve: every estimate finite and non-negative")  # item 8
     far = stages_vs_induction(stages, induction(5.3), steps)  # forms between boundaries, far from both
     assert far.verdict == "not reproduced" and "criterion" in far.evidence
     assert stages_vs_induction(None, induction(4.06), steps).verdict == "not applicable"

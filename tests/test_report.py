@@ -139,6 +139,7 @@ def test_report_has_every_section_for_every_run(report):
     # the stage table found the synthetic LLC peak; the head table has labels and evidence
     loss = _section(page, "r0-loss")
     assert "Developmental stages" in loss and ">S2<" in loss and ">falling<" in loss
+    assert "<th>llc_change</th>" in loss and "<th>rises</th>" in loss and "<th>falls</th>" in loss  # LM1–LM5
     assert "induction score 0.60" in _section(page, "r0-table") and "previous-token" in page
     diag = _section(page, "r0-diagnostics")
     assert "chain 2 diverged at draw 17" in diag and "not converged" in diag and "R-hat 1.30" in diag

@@ -244,3 +244,48 @@ def test_a_plateau_after_a_jump_is_resolved_only_when_longer_than_the_smoothing(
     assert [pytest.approx(middle, abs=0.25)] == plateaus(1.0, 0.25)  # within one bandwidth of the middle
     assert plateaus(0.3, 0.25) == []  # shorter than the smoothing: one stage
     assert [pytest.approx(0.04 + 0.3 / 2, abs=0.05)] == plateaus(0.3, 0.05)
+
+
+def _behaviour_rows() -> pd.DataFrame:
+    # Known answers: the previous-token score of 0:3 rises around step 300, the induction score of 1:3 (and, less,
+    # of 1:2) around 2,500 while the model's ICL score falls; 1:0's induction score drifts by 5% of the range only.
+    steps = np.array([0, 100, 200, 400, 600, 800, 1000, 1500, 2000, 2300, 2500, 2700, 3000, 4000, 6000, 10_000])
+    x = np.log1p(steps)
+    curves = {("prev_token_score", "0:3"): 0.1 + 0.8 * _sig((x - math.log(300)) / 0.1),
+              ("induction_score", "1:3"): 0.05 + 0.9 * _sig((x - math.log(2500)) / 0.05),
+              ("induction_score", "1:2"): 0.05 + 0.4 * _sig((x - math.log(2500)) / 0.05),
+              ("induction_score", "1:0"): 0.05 + 0.045 * x / x[-1],
+              ("icl_score", "all"): -0.1 - 1.0 * _sig((x - math.log(2500)) / 0.05),
+              ("icl_score", "1:3"): np.zeros(len(x))}  # the model with 1:3 ablated: not a behaviour of the stage
+    return pd.DataFrame([dict(step=int(s), component=c, data="pretrain", measure=m, value=float(v), config_hash="a")
+                         for (m, c), ys in curves.items() for s, v in zip(steps, ys)])
+
+
+def test_stage_table_says_what_rises_and_what_falls():
+    from rllc.analysis.stages import behaviour_changes
+
+    changes = behaviour_changes(_behaviour_rows(), [0, 1500, 4000, 10_000])
+    assert [str(c) for c in changes[0].rises] == ["previous-token 0:3 0.10→0.90"]
+    assert changes[0].falls == ()
+    assert [(c.measure, c.component) for c in changes[1].rises] == [("induction_score", "1:3"),
+                                                                    ("induction_score", "1:2")]
+    assert changes[1].rises[0].start == pytest.approx(0.05, abs=1e-3)
+    assert changes[1].rises[0].end == pytest.approx(0.95, abs=1e-3)
+    assert [str(c) for c in changes[1].falls] == ["ICL score -0.10→-1.10"]
+    assert changes[2].rises == () and changes[2].falls == ()
+    # at most `most` heads per measure, the largest change first; a stricter threshold drops the smaller rise
+    assert [c.component for c in behaviour_changes(_behaviour_rows(), [0, 1500, 4000, 10_000], most=1)[1].rises] \
+        == ["1:3"]
+    assert [c.component for c in behaviour_changes(_behaviour_rows(), [0, 1500, 4000, 10_000],
+                                                   min_change=0.5)[1].rises] == ["1:3"]
+    # the same in the stage table, beside the LLC's and the loss's change
+    s = detect_stages(STEPS, _sig((X - math.log(300)) / 0.1) + 2 * _sig((X - math.log(2500)) / 0.1),
+                      StageConfig(bandwidth=0.3))
+    assert [c.kind for c in s.critical_points] == ["plateau"]  # between the two rises
+    t = s.table(loss=(STEPS, 10 / np.sqrt(STEPS)), behaviour=_behaviour_rows())
+    assert {"llc_change", "loss_change", "rises", "falls"} <= set(t.columns)
+    assert (t.loss_change < 0).all() and t.llc_change.iloc[:2].gt(0).all()
+    assert t.rises.iloc[0] == "previous-token 0:3 0.10→0.90" and t.falls.iloc[0] == ""
+    assert t.rises.iloc[1].startswith("induction 1:3 0.05→0.95, induction 1:2") and t.falls.iloc[1].startswith("ICL")
+    with pytest.raises(RllcError):
+        behaviour_changes(_behaviour_rows(), [0, 10_000], min_change=0)

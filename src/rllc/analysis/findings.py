@@ -134,7 +134,8 @@ def stages_vs_induction(stages: Any, results: pd.DataFrame, checkpoint_steps: Se
     return Finding("Stages vs induction (App. C)", claim,
                    f"{t.sentence()}; boundaries {', '.join(f'{x:.0f}' for x in b) or 'none'}; checkpoint interval "
                    f"around the rise {interval:.0f} steps (criterion: a boundary before and after the rise, the "
-                   f"nearest within one interval: {near:.0f}){flanks}", "reproduced" if ok else "not reproduced")
+                   f"nearest within one interval: {near:.0f}){flanks}; estimates in the LLC curve: "
+                   f"{stages.handling()}", "reproduced" if ok else "not reproduced")
 
 
 MULTIGRAM_TYPES = ("dyck", "skip-n-gram", "n-gram")

@@ -31,6 +31,16 @@ import pandas as pd
 from rllc._errors import RllcError
 
 
+# The behaviours a stage table reports (`Stages.table(behaviour=...)`): the head scores `rllc heads` stores, each
+# per head, and the model's ICL score (loss at a late token minus an early one: it falls as in-context learning
+# improves).
+BEHAVIOUR_MEASURES = {"prev_token_score": "previous-token", "current_token_score": "current-token",
+                      "induction_score": "induction", "prefix_matching_score": "prefix matching",
+                      "icl_score": "ICL score"}
+BEHAVIOUR_MIN_CHANGE = 0.2  # listed when the change over a stage is at least this fraction of the run's range
+BEHAVIOUR_MOST = 2  # heads named per measure and stage (the largest changes)
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """How a curve is smoothed and its critical points kept.
@@ -145,18 +155,24 @@ class Stages:
         """The smoothed curve at a step (linear interpolation on the log grid)."""
         return float(np.interp(math.log1p(step), np.log1p(self.grid_steps), self.smoothed))
 
-    def table(self, loss: tuple[Sequence[float], Sequence[float]] | pd.DataFrame | None = None) -> pd.DataFrame:
-        """One row per stage.
+    def table(self, loss: tuple[Sequence[float], Sequence[float]] | pd.DataFrame | None = None,
+              behaviour: pd.DataFrame | None = None, min_change: float = BEHAVIOUR_MIN_CHANGE) -> pd.DataFrame:
+        """One row per stage, like Hoogland et al.'s LM1–LM5: its steps, the LLC's and the loss's change, and
+        which behaviours rise and fall in it.
 
         Args:
             loss: optional loss curve, (steps, losses) or a DataFrame with columns step and a loss column
                 ("val_loss", "train_loss" or "loss"), interpolated in ln(1 + step) at the stage ends.
+            behaviour: optional rows of `load_results` with the head scores of `rllc heads` (`BEHAVIOUR_MEASURES`);
+                see `behaviour_changes`.
+            min_change: a behaviour is listed when it changes over the stage by at least this fraction of its
+                range over the run.
 
         Returns:
             Columns stage ("S1", …), start, end, ends_at (the boundary's kind: "max", "min", "plateau", or "last
-            step"), llc_start, llc_end, llc_trend ("rising"/"falling"), transition
-            (the step of fastest change inside the stage), and loss_start, loss_end, loss_change when `loss` is
-            given.
+            step"), llc_start, llc_end, llc_change, llc_trend ("rising"/"falling"), transition (the step of
+            fastest change inside the stage); loss_start, loss_end, loss_change when `loss` is given; rises, falls
+            (text, "" for none) when `behaviour` is given.
         """
         rows = []
         e = self.edges
@@ -164,7 +180,8 @@ class Stages:
             a, b = self.value_at(e[i]), self.value_at(e[i + 1])
             rows.append({"stage": f"S{i + 1}", "start": int(round(e[i])), "end": int(round(e[i + 1])),
                          "ends_at": self.critical_points[i].kind if i < len(self.critical_points) else "last step",
-                         "llc_start": a, "llc_end": b, "llc_trend": "rising" if b >= a else "falling",
+                         "llc_start": a, "llc_end": b, "llc_change": b - a,
+                         "llc_trend": "rising" if b >= a else "falling",
                          "transition": _step_or_none(self.stage_transitions, i)})
         df = pd.DataFrame(rows)
         if loss is not None:
@@ -173,6 +190,10 @@ class Stages:
             df["loss_start"] = np.interp(np.log1p(df["start"].to_numpy(float)), x, lv)
             df["loss_end"] = np.interp(np.log1p(df["end"].to_numpy(float)), x, lv)
             df["loss_change"] = df["loss_end"] - df["loss_start"]
+        if behaviour is not None:
+            changes = behaviour_changes(behaviour, e, min_change)
+            df["rises"] = [", ".join(map(str, c.rises)) for c in changes]
+            df["falls"] = [", ".join(map(str, c.falls)) for c in changes]
         return df
 
 
@@ -195,6 +216,89 @@ def _loss_curve(loss: tuple[Sequence[float], Sequence[float]] | pd.DataFrame) ->
     s, v = (np.asarray(a, dtype=float) for a in loss)
     order = np.argsort(s)
     return s[order], v[order]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A behaviour's change over a stage: `measure` (a key of `BEHAVIOUR_MEASURES`), `component` ("l:h", or "all"
+    for the model), its value at the stage's `start` and `end` (interpolated in ln(1 + step))."""
+
+    measure: str
+    component: str
+    start: float
+    end: float
+
+    def __str__(self) -> str:
+        who = "" if self.component == "all" else f" {self.component}"
+        return f"{BEHAVIOUR_MEASURES.get(self.measure, self.measure)}{who} {self.start:.2f}→{self.end:.2f}"
+
+
+@dataclass(frozen=True)
+class StageChanges:
+    """What rises and what falls over one stage, largest change first within each measure."""
+
+    rises: tuple[Change, ...]
+    falls: tuple[Change, ...]
+
+
+def behaviour_changes(results: pd.DataFrame, edges: Sequence[float], min_change: float = BEHAVIOUR_MIN_CHANGE,
+                      most: int = BEHAVIOUR_MOST) -> list[StageChanges]:
+    """Which behaviours rise and which fall between consecutive `edges` (a stage's start and end).
+
+    Each measure of `BEHAVIOUR_MEASURES` in `results` (rows of `load_results`: the head scores per head, the ICL
+    score of the model, component "all"; one analysis setting, the one with the most checkpoints) is read per
+    component at the edges by linear interpolation in ln(1 + step) (held constant past the analysed checkpoints).
+    A component is listed when its change over the stage is at least `min_change` × the measure's range over the
+    run (all its components and checkpoints), at most `most` per measure (the largest changes).
+
+    Args:
+        results: long-form results with columns step, component, measure, value (and config_hash).
+        edges: stage edges (n + 1,), ascending: `Stages.edges`.
+        min_change: the fraction of a measure's range a change must reach.
+        most: components listed per measure and stage.
+
+    Returns:
+        One StageChanges per stage (n,).
+    """
+    if not 0 < min_change <= 1:
+        raise RllcError(f"behaviour changes: min_change must be in (0, 1], got {min_change}")
+    e = np.log1p(np.asarray(edges, dtype=float))
+    rises: list[list[Change]] = [[] for _ in range(len(e) - 1)]
+    falls: list[list[Change]] = [[] for _ in range(len(e) - 1)]
+    d = results[results.measure.isin(list(BEHAVIOUR_MEASURES))]
+    d = d[(d.component == "all") == (d.measure == "icl_score")]  # ICL: the model; scores: the heads
+    d = d[(d.component == "all") | d.component.map(_is_head)]
+    for measure in BEHAVIOUR_MEASURES:
+        g = d[d.measure == measure]
+        if "config_hash" in g and g.config_hash.nunique() > 1:
+            g = g[g.config_hash == g.groupby("config_hash").step.nunique().idxmax()]
+        curves = pd.to_numeric(g.value, errors="coerce").groupby([g.step, g.component]).mean().unstack()
+        if len(curves) < 2:
+            continue
+        v = curves.to_numpy(float)  # (steps, components)
+        span = float(np.nanmax(v) - np.nanmin(v)) if np.isfinite(v).any() else 0.0
+        if not span > 0:
+            continue
+        x = np.log1p(curves.index.to_numpy(float))
+        for j, comp in enumerate(curves.columns):
+            ok = np.isfinite(v[:, j])
+            if ok.sum() < 2:
+                continue
+            at = np.interp(e, x[ok], v[ok, j])
+            for i in range(len(e) - 1):
+                if abs(at[i + 1] - at[i]) >= min_change * span:
+                    (rises if at[i + 1] > at[i] else falls)[i].append(Change(measure, str(comp), at[i], at[i + 1]))
+    order = {m: k for k, m in enumerate(BEHAVIOUR_MEASURES)}
+
+    def pick(cs: list[Change]) -> tuple[Change, ...]:
+        cs = sorted(cs, key=lambda c: (order[c.measure], -abs(c.end - c.start), c.component))
+        kept: list[Change] = []
+        for c in cs:
+            if sum(k.measure == c.measure for k in kept) < most:
+                kept.append(c)
+        return tuple(kept)
+
+    return [StageChanges(pick(r), pick(f)) for r, f in zip(rises, falls)]
 
 
 def smooth_log_curve(steps: Sequence[float], values: Sequence[float], bandwidth: float,

@@ -450,10 +450,19 @@ def _loss_llc(doc: _Doc, r: _RunData) -> list[str]:
                 "changes fastest")
     out.append(doc.figure(_png(fig), cap + ".", f"{r.name} loss and LLC"))
     if r.stages is not None:
-        t = r.stages.table(loss=ck if len(ck) else None)
-        out.append(doc.table(t, "Developmental stages of the full-model LLC: step range, the smoothed LLC at each "
-                                "end, its trend and its transition (the step of fastest change)"
-                                + (", and the validation loss at each end." if len(ck) else ".")))
+        from rllc.analysis.stages import BEHAVIOUR_MIN_CHANGE
+
+        scored = r.results.measure.isin(["prev_token_score", "induction_score", "icl_score"]).any()
+        t = r.stages.table(loss=ck if len(ck) else None, behaviour=r.results if scored else None)
+        out.append(doc.table(t, "Developmental stages of the full-model LLC, read like Hoogland et al.'s LM1–LM5: "
+                                "each stage's step range, the boundary that ends it, the smoothed LLC at each end and "
+                                "its change, its transition (the step of fastest change)"
+                                + (", the validation loss at each end and its change" if len(ck) else "")
+                                + (f", and what rises and what falls in it — each head score (per head; at most two "
+                                   f"heads per score, the largest changes) and the model's ICL score (loss at a "
+                                   f"late token minus an early one: it falls as in-context learning improves) that "
+                                   f"changes by at least {BEHAVIOUR_MIN_CHANGE:.0%} of its range over the run, read "
+                                   f"at the stage's ends" if scored else "") + "."))
         out.append(_note("Estimates in the stage curve: " + _e(r.stages.handling()) + "."))
         if (r.results.measure == "induction_score").any():
             from rllc.analysis.stages import formation_timing
