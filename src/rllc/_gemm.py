@@ -59,18 +59,23 @@ def _routable(a: torch.Tensor, b: torch.Tensor, autograd: bool = False) -> bool:
             and (b.is_contiguous() or b.T.is_contiguous()) and available())
 
 
-def mm(a: torch.Tensor, b: torch.Tensor, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` for a (m, k), b (k, n).
+def mm(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None, buffer: torch.Tensor | None = None,
+       autograd: bool = False) -> torch.Tensor:
+    """``a @ b (+ bias)`` for a (m, k), b (k, n), bias (n,).
 
     Args:
-        buffer: an (m, n) tensor that ``torch.mm`` writes into where it computes the product; oneDNN has no output
-            argument and returns a new tensor. Use the returned tensor either way.
+        buffer: an (m, n) tensor that ``torch.mm`` writes into where it computes the product (no bias); oneDNN has
+            no output argument and returns a new tensor. Use the returned tensor either way.
+        autograd: the caller differentiates the product itself (``_Affine``), so inputs that require grad may go
+            to oneDNN.
 
     Returns:
-        (m, n), equal to ``torch.mm(a, b)`` to float rounding.
+        (m, n), equal to ``torch.mm(a, b)`` (``torch.addmm(bias, a, b)``) to float rounding.
     """
-    if _routable(a, b):
-        return _linear()(a if a.is_contiguous() else a.contiguous(), b.T, None, "none", [], "")  # weight (n, k)
+    if _routable(a, b, autograd):
+        return _linear()(a if a.is_contiguous() else a.contiguous(), b.T, bias, "none", [], "")  # weight (n, k)
+    if bias is not None:
+        return torch.addmm(bias, a, b)
     return torch.mm(a, b) if buffer is None else torch.mm(a, b, out=buffer)
 
 
@@ -81,9 +86,8 @@ class _Affine(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(x, W)
         ctx.has_b = b is not None
-        lin = _linear()
-        return torch.stack([lin(x[n] if x[n].is_contiguous() else x[n].contiguous(), W[n].T,
-                                None if b is None else b[n], "none", [], "") for n in range(x.shape[0])])
+        return torch.stack([mm(x[n], W[n], bias=None if b is None else b[n], autograd=True)
+                            for n in range(x.shape[0])])
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):  # noqa: ANN001, ANN205

@@ -67,7 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         at = torch.arange(rows, device=h.device)
         for n in range(N):
             W_aug = unembed.augmented(W[n], b[n])  # (D + 1, V)
-            probs = unembed.logits_into(h[n], W_aug, ws)  # (rows, V), the workspace's buffer
+            probs = unembed.logits_into(h[n], W_aug, ws)  # (rows, V): the workspace's buffer or oneDNN's tensor
             losses[n] = unembed.softmax_nll_(probs, targets[n], unembed.exact_logits(h[n], W_aug)).mean()
             probs[at, targets[n]] -= 1.0  # rows × d(mean CE)/d logits
             if need_h:
