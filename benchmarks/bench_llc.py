@@ -147,22 +147,30 @@ def _no_anchor_table():  # noqa: ANN202
     return ctx()
 
 
-def _mkl_gemm():  # noqa: ANN202
-    """A context in which every float32 product goes to torch.mm (MKL) instead of oneDNN (``rllc._gemm``): the
-    engine before products were routed, to show what the route buys."""
+def _other_gemm():  # noqa: ANN202
+    """A context in which float32 products go to the other library than this CPU's default (``rllc._gemm``: oneDNN
+    on AMD CPUs with AVX-512, MKL's torch.mm elsewhere), to show what the default choice buys."""
     import contextlib
 
     from rllc import _gemm
 
     @contextlib.contextmanager
     def ctx():  # noqa: ANN202
-        _gemm.set_enabled(False)
+        _gemm.set_enabled(not _gemm.available())
         try:
             yield
         finally:
-            _gemm.set_enabled(True)
+            _gemm.set_enabled(None)
 
     return ctx()
+
+
+def _gemm_words(other: bool = False) -> str:
+    """Which library the default (or, with ``other``, the other) route sends float32 products to on this CPU."""
+    from rllc import _gemm
+
+    onednn = _gemm.available() != other
+    return "oneDNN" if onednn else "MKL (torch.mm)"
 
 
 def _load() -> str:
@@ -181,12 +189,12 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
     t: dict[str, list[float]] = {}
     res: dict[str, object] = {}
 
-    def add(key, fn, single=False, no_table=False, mkl=False):  # noqa: ANN001, ANN202
+    def add(key, fn, single=False, no_table=False, other=False):  # noqa: ANN001, ANN202
         import contextlib
 
         with _one_thread_group() if single else contextlib.nullcontext(), \
                 _no_anchor_table() if no_table else contextlib.nullcontext(), \
-                _mkl_gemm() if mkl else contextlib.nullcontext():
+                _other_gemm() if other else contextlib.nullcontext():
             dt, out = _timed(fn)
         t.setdefault(key, []).append(dt)
         res[key] = out
@@ -200,7 +208,7 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
         add("ours", lambda: estimate_llc(model, tokens, **kw))  # the default call: auto, L_n(w*) from 16 batches
         add("dev", lambda: _devinterp(model, tokens, draws, None))  # devinterp's default call (its own L_n(w*))
         add("stacked1", lambda: estimate_llc(model, tokens, batched="stacked", **kw), single=True)
-        add("stacked1_mkl", lambda: estimate_llc(model, tokens, batched="stacked", **kw), single=True, mkl=True)
+        add("stacked1_other", lambda: estimate_llc(model, tokens, batched="stacked", **kw), single=True, other=True)
         add("autograd1", lambda: estimate_llc(model, tokens, batched=False, **kw), single=True)
         add("paired", lambda: estimate_llc(model, tokens, paired=True, **kw))
         add("paired_fwd", lambda: estimate_llc(model, tokens, paired=True, **kw), no_table=True)
@@ -209,8 +217,8 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
         if rep == 0:
             add("heads", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
             add("heads1", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw), single=True)
-            add("heads1_mkl", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw), single=True,
-                mkl=True)
+            add("heads1_other", lambda: estimate_llc_many(model, tokens, names, paired=True, **kw), single=True,
+                other=True)
             params = dict(model.named_parameters())
             dev = []
             for h in names:
@@ -238,8 +246,8 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
     print(ratio_row("full-model estimate, default calls (ours: auto = stacked, chains split over the threads)",
                     "ours") + f" ≤ 0.5 {'met' if r <= 0.5 else 'not met'} |")
     print(ratio_row("  the same, stacked on one thread group (fused cross-entropy alone)", "stacked1") + " |")
-    print(ratio_row("  the same, stacked on one thread group, products by MKL (torch.mm) instead of oneDNN",
-                    "stacked1_mkl") + " |")
+    print(ratio_row(f"  the same, stacked on one thread group, products by {_gemm_words(True)} instead of "
+                    f"{_gemm_words()} (this CPU's default)", "stacked1_other") + " |")
     print(ratio_row("  the same, plain autograd on one thread group (the engine before this issue's speed work)",
                     "autograd1") + " |")
     for key, ref, label in (("paired", "paired_fwd", "paired full-model estimate: L*(minibatch) looked up in the "
@@ -257,8 +265,9 @@ def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> No
           f"≥ 5× {'met' if sp >= 5 else 'not met'} |")
     sp1 = med["dev_heads"] / med["heads1"]
     print(f"|   the same on one thread group | {med['heads1']:.2f} s | {med['dev_heads']:.2f} s | {sp1:.2f}× faster | |")
-    sp2 = med["dev_heads"] / med["heads1_mkl"]
-    print(f"|   the same on one thread group, products by MKL instead of oneDNN | {med['heads1_mkl']:.2f} s | "
+    sp2 = med["dev_heads"] / med["heads1_other"]
+    print(f"|   the same on one thread group, products by {_gemm_words(True)} instead of {_gemm_words()} | "
+          f"{med['heads1_other']:.2f} s | "
           f"{med['dev_heads']:.2f} s | {sp2:.2f}× faster | |")
     # Time to precision: every head's se ≤ target = max(5% λ̂, 0.05). Ours (paired): se = chain spread / sqrt(C) —
     # paired differences carry no shared L_n(w*) error — so only draws are added. devinterp (unpaired): se² = chain

@@ -20,7 +20,7 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(_gemm, "_linear", lambda: counted)
     yield seen
-    _gemm.set_enabled(True)
+    _gemm.set_enabled(None)
 
 
 def _mats(m=300, k=65, n=1024, seed=0):
@@ -28,7 +28,10 @@ def _mats(m=300, k=65, n=1024, seed=0):
     return torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
 
 
-@pytest.mark.skipif(not _gemm.available(), reason="this torch build has no oneDNN linear")
+_ONEDNN = torch.backends.mkldnn.is_available() and _gemm._self_check()
+
+
+@pytest.mark.skipif(not _ONEDNN, reason="this torch build has no oneDNN linear")
 def test_routed_products_equal_torch_mm(calls):
     a, b = _mats()
     ref = a.double() @ b.double()
@@ -57,15 +60,39 @@ def test_disabled_means_torch_mm(calls):
     _gemm.set_enabled(False)
     assert not _gemm.available()
     assert torch.equal(_gemm.mm(a, b), torch.mm(a, b)) and calls == []
-    _gemm.set_enabled(True)
 
 
-def test_env_switch_turns_it_off(monkeypatch):
-    monkeypatch.setenv("RLLC_ONEDNN_GEMM", "0")
-    _gemm.set_enabled(True)  # re-reads the environment
-    assert not _gemm.available()
-    monkeypatch.delenv("RLLC_ONEDNN_GEMM")
-    _gemm.set_enabled(True)
+@pytest.mark.skipif(not _ONEDNN, reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("env, amd_avx512, routed", [
+    (None, True, True), (None, False, False),  # by default: only where MKL lacks AVX-512 kernels
+    ("1", False, True), ("0", True, False), ("auto", True, True),  # the environment overrides either way
+])
+def test_default_rule_and_env_switch(monkeypatch, env, amd_avx512, routed):
+    if env is None:
+        monkeypatch.delenv("RLLC_ONEDNN_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("RLLC_ONEDNN_GEMM", env)
+    monkeypatch.setattr(_gemm, "_mkl_lacks_avx512", lambda: amd_avx512)
+    _gemm.set_enabled(None)  # back to the default rule: re-reads the environment
+    assert _gemm.available() is routed
+    _gemm.set_enabled(not routed)  # set_enabled overrides both
+    assert _gemm.available() is (not routed)
+    monkeypatch.undo()
+    _gemm.set_enabled(None)
+
+
+def test_mkl_lacks_avx512_reads_the_vendor(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    for vendor, cap, want in (("AuthenticAMD", "AVX512", True), ("GenuineIntel", "AVX512", False),
+                              ("AuthenticAMD", "AVX2", False)):
+        info = tmp_path / f"{vendor}{cap}"
+        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, info=info, **k: real_open(
+            info if p == "/proc/cpuinfo" else p, *a, **k))
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        assert _gemm._mkl_lacks_avx512() is want
 
 
 @pytest.mark.parametrize("expanded", [False, True])

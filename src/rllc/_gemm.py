@@ -1,4 +1,5 @@
-"""Float32 matrix products on CPU through oneDNN, which uses the CPU's widest vector unit, instead of MKL.
+"""Float32 matrix products on CPU through oneDNN, which uses the CPU's widest vector unit, instead of MKL
+where MKL does not.
 
 PyTorch's x86 builds send a float32 ``torch.mm`` to MKL's sgemm. On AMD CPUs MKL runs its AVX2 kernels even where
 the core has AVX-512 (MKL picks kernels by vendor), so it reaches about half of such a core's fp32 peak; oneDNN,
@@ -13,6 +14,13 @@ it is not public API, so it is used only after a self-check against ``torch.mm``
 float32 CPU tensors outside autograd, and never where its weight operand is strided in a way it would copy or
 re-plan on every call (a sliced weight costs seconds there). Everything else, and everything when
 RLLC_ONEDNN_GEMM=0 or the check fails, goes to ``torch.mm``.
+
+Which library is faster depends on the CPU, so the route is on by default only where the cause above holds: an
+AMD CPU with AVX-512. On an Intel Xeon with AVX-512 (2 cores, 2026-12-02) MKL was the faster one: a full-model
+estimate (cpu preset, 4 chains × 20 draws, batch 32, one thread) took 2.49–2.50 s of CPU with MKL against
+2.68–3.27 s with oneDNN, and per product shape MKL led on the narrow ones (2016 × 64 × 192: 157 against 143
+GFLOP/s) while oneDNN led on the unembedding (2016 × 64 × 1024: 104 against 86). RLLC_ONEDNN_GEMM=1 turns the
+route on anywhere, 0 turns it off.
 """
 
 from __future__ import annotations
@@ -21,35 +29,53 @@ import os
 
 import torch
 
-_state: dict[str, bool] = {}
+_state: dict[str, bool | str] = {}  # ok: the route's on; forced: set_enabled's "1"/"0"
 
 
 def _linear():  # noqa: ANN202
     return torch.ops.mkldnn._linear_pointwise.default
 
 
+def _mkl_lacks_avx512() -> bool:
+    """Whether this CPU is one where MKL's float32 kernels fall short of its vector unit: an AMD CPU (MKL runs
+    AVX2 there) whose cores have AVX-512 (oneDNN uses it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        import platform
+
+        amd = "AMD" in platform.processor().upper()
+    return amd and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _self_check() -> bool:
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(37, 19, generator=g), torch.randn(19, 23, generator=g)
+        return bool(all(torch.allclose(_linear()(a, w, None, "none", [], ""), a @ b, rtol=1e-5, atol=1e-5)
+                        for w in (b.T, b.T.contiguous())))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
 def available() -> bool:
-    """Whether products go to oneDNN: not disabled by RLLC_ONEDNN_GEMM=0, oneDNN built in, and a self-check
-    against ``torch.mm`` passed (cached per process)."""
+    """Whether products go to oneDNN (cached per process): oneDNN built in, a self-check against ``torch.mm``
+    passed, and either RLLC_ONEDNN_GEMM=1 / ``set_enabled(True)`` or, by default, a CPU where MKL lacks
+    AVX-512 kernels (AMD with AVX-512); RLLC_ONEDNN_GEMM=0 turns it off."""
     if "ok" not in _state:
-        _state["ok"] = False
-        if os.environ.get("RLLC_ONEDNN_GEMM", "1") != "0" and torch.backends.mkldnn.is_available():
-            try:
-                g = torch.Generator().manual_seed(0)
-                a, b = torch.randn(37, 19, generator=g), torch.randn(19, 23, generator=g)
-                ok = all(torch.allclose(_linear()(a, w, None, "none", [], ""), a @ b, rtol=1e-5, atol=1e-5)
-                         for w in (b.T, b.T.contiguous()))
-                _state["ok"] = bool(ok)
-            except (RuntimeError, AttributeError, NotImplementedError):
-                pass
-    return _state["ok"]
+        mode = _state.get("forced", os.environ.get("RLLC_ONEDNN_GEMM", "auto"))
+        wanted = mode == "1" or (mode not in ("0", "1") and _mkl_lacks_avx512())
+        _state["ok"] = wanted and torch.backends.mkldnn.is_available() and _self_check()
+    return bool(_state["ok"])
 
 
-def set_enabled(flag: bool) -> None:
-    """Turn the oneDNN route on (if ``available()``) or off for this process (benchmarks compare the two)."""
-    _state.pop("ok", None)
-    if not flag:
-        _state["ok"] = False
+def set_enabled(flag: bool | None) -> None:
+    """Turn the oneDNN route on (if oneDNN passes its self-check) or off for this process, or back to the default
+    rule with None (benchmarks and tests compare the two)."""
+    _state.clear()
+    if flag is not None:
+        _state["forced"] = "1" if flag else "0"
 
 
 def _routable(a: torch.Tensor, b: torch.Tensor, autograd: bool = False) -> bool:
