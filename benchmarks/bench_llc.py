@@ -4,6 +4,7 @@ Run: python benchmarks/bench_llc.py [--draws N] [--reps R] [--run RUN_DIR]   (a 
      python benchmarks/bench_llc.py --paper 100 --reps 1 --threads 2 --run RUN_DIR   (issue 11's table: the three
          ratios against devinterp 1.3.2 with their targets, each speed approach's own row, GFLOP/s and fraction of
          the fp32 peak, the load before and after; ~5 minutes on an idle 2-core machine)
+     python benchmarks/bench_llc.py --paper 100 --threads 2 --rows heads --run RUN_DIR   (only the per-head row)
      python benchmarks/bench_llc.py --device cuda --draws 20 --reps 3   (the GPU table, where a GPU is available)
 Model: the rllc `cpu` preset (2 layers × 4 heads, d_model 64, n_ctx 64, vocab 1024) — at initialisation on random
 token windows, or the last checkpoint of RUN_DIR on its pre-training data. Timed variants are interleaved within
@@ -182,6 +183,33 @@ def _load() -> str:
         return "load average unknown"
 
 
+def heads_table(model, tokens, names, draws: int, threads: int) -> None:  # noqa: ANN001
+    """Only the per-head row of ``paper_table`` (``--rows heads``): all per-head estimates together (paired, default
+    call; and with the other product library, ``_other_gemm``) against devinterp 1.3.2 with masks head by head, one
+    repetition, in that order."""
+    kw = dict(chains=4, draws=draws)
+    print(f"before: {_load()}")
+    t_ours, ours = _timed(lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
+    with _other_gemm():
+        t_other, _ = _timed(lambda: estimate_llc_many(model, tokens, names, paired=True, **kw))
+    params = dict(model.named_parameters())
+    t_dev = 0.0
+    for h in names:
+        masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+        masks |= model.component(h).masks(model)
+        dt, _ = _timed(lambda: _devinterp(model, tokens, draws, ours[0].init_loss, masks))
+        t_dev += dt
+    print(f"after: {_load()}")
+    print(f"\npaper sampler: 4 chains × {draws} draws, batch 32, one repetition, {threads} thread(s)")
+    print("| figure | rllc | devinterp 1.3.2 | ratio | target |")
+    print("|---|---|---|---|---|")
+    sp = t_dev / t_ours
+    print(f"| all {len(names)} per-head estimates (ours together, paired, default call) vs devinterp masks head by "
+          f"head | {t_ours:.2f} s | {t_dev:.2f} s | {sp:.2f}× faster | ≥ 5× {'met' if sp >= 5 else 'not met'} |")
+    print(f"|   the same, products by {_gemm_words(other=True)} instead of {_gemm_words()} | {t_other:.2f} s | "
+          f"{t_dev:.2f} s | {t_dev / t_other:.2f}× faster | |")
+
+
 def paper_table(model, tokens, names, draws: int, reps: int, threads: int) -> None:  # noqa: ANN001
     """The three ratios of issue 11 at the paper's sampler (4 chains, batch 32): full model, all heads, time to
     precision; each approach's own row (fused cross-entropy alone, the thread split alone); achieved GFLOP/s."""
@@ -350,6 +378,8 @@ def main() -> None:
     ap.add_argument("--memory-child", choices=["all", "heads"])
     ap.add_argument("--paper", type=int, metavar="DRAWS",
                     help="only the paper-sampler table (4 chains × DRAWS, batch 32) against devinterp")
+    ap.add_argument("--rows", choices=["all", "heads"], default="all",
+                    help="with --paper: every row, or only the per-head row (one repetition)")
     ap.add_argument("--device", default="cpu",
                     help="cpu, or cuda: the GPU table (paper preset, batch 32 × 1024; --draws, --reps) where a GPU "
                          "is available (skips cleanly otherwise)")
@@ -371,6 +401,8 @@ def main() -> None:
         import devinterp  # noqa: F401  (pip install 'rllc[bench]')
 
         print(f"settings: {what}; torch {torch.__version__}")
+        if args.rows == "heads":
+            return heads_table(model, tokens, names, args.paper, args.threads)
         return paper_table(model, tokens, names, args.paper, R, args.threads)
     common = dict(draws=D, init_batches=1, **HP)
 

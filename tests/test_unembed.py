@@ -44,3 +44,19 @@ def test_log_softmax_nll_equals_cross_entropy_where_p_underflows():
     got = unembed.log_softmax_nll_(logits.clone(), t)
     assert torch.isfinite(got).all() and ref[3] > 100
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_row_blocks_give_the_same_losses_and_gradients(monkeypatch):
+    h, W, b, t = _case(rows=60)
+    h[3] *= 60.0  # an underflowing row inside the second block
+    W_aug = unembed.augmented(W, b)
+    one = unembed.token_nll(h, W_aug, t, unembed.Workspace()), unembed.mean_nll_and_grad(h, W_aug, t, 3,
+                                                                                          unembed.Workspace())
+    monkeypatch.setattr(unembed, "_BLOCK", 7 * 33)  # blocks of 7 rows, across the groups' boundaries
+    assert len(unembed._blocks(60, 33)) == 9
+    ws = unembed.Workspace()
+    blocked = unembed.token_nll(h, W_aug, t, ws), unembed.mean_nll_and_grad(h, W_aug, t, 3, ws)
+    torch.testing.assert_close(blocked[0], one[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocked[1][0], one[1][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocked[1][1], one[1][1], rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(blocked[0]).all()

@@ -22,6 +22,18 @@ import torch
 from rllc import _gemm
 
 _TINY = 1e-30  # p_target below this: −log p is recomputed exactly from the row's logits
+# The logits are written and read in row blocks of at most this many elements (8 MiB in float32: one head's rows
+# at the cpu preset's batch 32) rather than all at once (32 MiB when a layer's four heads are stacked): every row's
+# arithmetic is the same whatever the block. Measured on a 2-core Intel Xeon (4 MiB L2 per core) with one thread
+# (thread CPU time, loaded machine), 8064 rows × d_model 64 × vocab 1024, logits + softmax + dh: 31.5 ms in one
+# block against 22.9 ms in blocks of 2016 rows (min of 5; 1008 rows 24.1, 504 26.0, 4032 22.5 but median 27.6).
+_BLOCK = 1 << 21
+
+
+def _blocks(n: int, V: int) -> list[slice]:
+    """Row blocks of at most ``_BLOCK`` logits (at least one row each) covering rows 0 … n−1."""
+    step = max(1, _BLOCK // V)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 class Workspace:
@@ -103,7 +115,10 @@ def token_nll(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tensor, ws: W
     Returns:
         (rows,) −log softmax(h W + b)[target].
     """
-    return softmax_nll_(logits_into(h, W_aug, ws), targets, exact_logits(h, W_aug))
+    out = torch.empty(len(h), dtype=h.dtype, device=h.device)
+    for s in _blocks(len(h), W_aug.shape[1]):
+        out[s] = softmax_nll_(logits_into(h[s], W_aug, ws), targets[s], exact_logits(h[s], W_aug))
+    return out
 
 
 @torch.no_grad()
@@ -120,8 +135,12 @@ def mean_nll_and_grad(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tenso
     """
     n, D = h.shape
     rows = n // groups
-    probs = logits_into(h, W_aug, ws)
-    nll = softmax_nll_(probs, targets, exact_logits(h, W_aug))
     W = W_aug[:-1]  # (D, V)
-    dh = _gemm.mm(probs, W.T).sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
+    nll = torch.empty(n, dtype=h.dtype, device=h.device)
+    dh = torch.empty_like(h)
+    for s in _blocks(n, W_aug.shape[1]):
+        probs = logits_into(h[s], W_aug, ws)
+        nll[s] = softmax_nll_(probs, targets[s], exact_logits(h[s], W_aug))
+        dh[s] = _gemm.mm(probs, W.T, buffer=dh[s])
+    dh.sub_(W.T[targets]).mul_(1.0 / rows)  # the one-hot subtracted in d_model space
     return nll.view(groups, rows).mean(1), dh
