@@ -8,7 +8,7 @@ import pytest
 
 from rllc._errors import RllcError
 from rllc.analysis.susceptibility import (
-    cluster_by_response, head_aucs, over_training, response_matrices, response_svd, token_auc, type_agreement,
+    cluster_by_response, control_aucs, head_aucs, over_training, response_matrices, response_svd, token_auc, type_agreement,
     type_patterns,
 )
 from rllc.data.synthetic import Pattern
@@ -46,6 +46,20 @@ def test_token_auc_drops_nan_positions_and_refuses_one_class():
         token_auc(chi, lab, int(Pattern.DYCK))
     with pytest.raises(RllcError, match="do not match"):
         token_auc(chi[:1], lab, IND)
+
+
+def test_control_aucs_score_the_heads_of_other_types_against_the_typed_heads_patterns():
+    lab = _labels()
+    perfect = np.where((lab[:, :4] & IND) != 0, 1.0, -1.0)  # e.g. an ablation effect that is exactly the labels
+    types = {"1:0": "induction", "0:0": "current-token", "1:1": "multigram", "0:2": "current-token"}
+    patterns = type_patterns(types)
+    per_token = {"1:0": perfect, "0:0": perfect, "1:1": -perfect}  # 0:2 has no values: left out
+    assert head_aucs(per_token, lab, patterns, sign=+1.0).auc.tolist() == [1.0]
+    df = control_aucs(per_token, lab, patterns, types, sign=+1.0)
+    assert list(df.component) == ["0:0", "1:1"] and list(df.type) == ["current-token", "multigram"]
+    assert df.auc.tolist() == [1.0, 0.0]  # a score as good for a control head is not specific to its own head
+    assert set(df.pattern) == {"INDUCTION|REPEAT"}
+    assert control_aucs(per_token, lab, {}, types).empty
 
 
 def test_head_aucs_uses_each_heads_pattern_and_skips_untyped_heads():

@@ -18,6 +18,7 @@ from rllc.sweep.susceptibility import ProbeConfig, plan_susceptibility
 FAST = dict(chains=2, draws=4, batch_size=4, init_batches=1)
 CFG = SweepConfig(SweepConfig().sampler.replace(**FAST), 16)
 PROBES = ProbeConfig(("synthetic.induction", "prose"), n_samples=3)
+IND = 4 | 16  # Pattern.INDUCTION | Pattern.REPEAT
 
 
 def _rows(run_dir):
@@ -75,6 +76,11 @@ def test_per_token_arrays_are_the_rows_values_on_the_probes_own_windows(run_dir)
     # The labels of a synthetic probe line up with the very windows measured.
     labels = probe_labels(run, "synthetic.induction", 3, seed=1, split="val")
     assert labels.shape == (3, n_ctx) and (labels[:, -1] == 0).all() and labels.any()
+    # ... position t flags the prediction of token t + 1 (chi[:, t], the loss of tokens[t + 1]): every labelled
+    # position's next token is the one that followed an earlier occurrence of its own token.
+    tok = tokens.numpy()
+    for b, t in zip(*np.nonzero(labels & IND)):
+        assert any(tok[b, s] == tok[b, t] and tok[b, s + 1] == tok[b, t + 1] for s in range(t))
     assert probe_labels(run, "prose", 3, seed=1, split="val") is None
     files = list((run_dir / "arrays").rglob("*.safetensors"))
     assert len(files) == 2 * 2 and not list((run_dir / "arrays").rglob(".*tmp*"))
@@ -148,6 +154,23 @@ def test_check_run_and_the_report_section_read_the_stored_susceptibilities(run_d
     assert snr == pytest.approx(float(np.median(np.abs(a["chi"] - a["chi"].mean()) / a["chi_se"])), rel=1e-5)
     std = {c: store.arrays((40, c, "pretrain", "susceptibility:synthetic.induction", chash))["chi_std"] for c in types}
     assert gt.aucs.auc_standardized.tolist() == pytest.approx(head_aucs(std, labels, type_patterns(types)).auc.tolist())
+    # Beside each AUC: the head's own mean-ablation effect, the loss at w* alone, and the heads of other types.
+    from rllc.analysis.ablation import head_z_means, per_token_ablation_effects, per_token_loss
+    from rllc.analysis.susceptibility import control_aucs, token_auc
+
+    model, tokens = run.model_at(40), resolve_data(run, "synthetic.induction", 3, seed=1, split="val")[0]
+    means = head_z_means(model, run.sample_tokens("pretrain", 64, seed=0))
+    eff = dict(zip(types, per_token_ablation_effects(model, tokens, [(0, 0), (0, 1), (1, 0), (1, 1)],
+                                                     means=means).numpy()))
+    pats = type_patterns(types)
+    assert gt.aucs.auc_ablation.tolist() == pytest.approx(head_aucs(eff, labels, pats, sign=+1.0).auc.tolist())
+    loss_auc = token_auc(per_token_loss(model, tokens).numpy(), labels, IND)
+    assert gt.aucs.auc_loss.tolist() == pytest.approx([loss_auc] * 3)
+    assert list(gt.controls.component) == ["0:1"] and gt.controls.type.tolist() == ["multigram"]
+    assert gt.controls.auc.tolist() == pytest.approx(control_aucs(chi, labels, pats, types).auc.tolist())
+    assert gt.controls.auc_ablation.tolist() == pytest.approx(
+        control_aucs(eff, labels, pats, types, sign=+1.0).auc.tolist())
+    assert any("mean-ablation effect" in line and "control heads (other types: 0:1)" in line for line in gt.lines())
     assert gt.ari is not None and -1 <= gt.ari <= 1 and len(gt.clusters) == 4
     assert any("ROC AUC" in line for line in gt.lines())
     page = write_report(run_dir).read_text()

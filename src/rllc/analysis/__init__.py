@@ -6,6 +6,7 @@ from rllc.analysis.ablation import (
     ablation_scores,
     ablation_table,
     head_z_means,
+    per_token_ablation_effects,
     per_token_loss,
     resample_permutation,
 )
@@ -52,7 +53,7 @@ __all__ = [
     "composition_scores", "composition_table", "current_token_scores", "dyck_openers", "dyck_path_patching",
     "dyck_tokens", "head_score_table", "head_z_means", "heads_command",
     "icl_positions", "icl_score", "icl_score_se", "induction_scores", "label_agreement", "label_heads", "path_patched_per_token_loss",
-    "per_token_loss", "prefix_matching_scores", "previous_token_scores",
+    "per_token_ablation_effects", "per_token_loss", "prefix_matching_scores", "previous_token_scores",
     "render_tokens_in_context_html", "repeated_random_tokens", "plan_heads", "resample_permutation",
     "single_token_matching_scores", "single_token_matching_tokens",
     "synthetic_ground_truth", "tokens_in_context", "tokens_in_context_agreement", "tokens_in_context_summary",

@@ -103,6 +103,21 @@ def ablated_per_token_loss(
 
 
 @torch.no_grad()
+def per_token_ablation_effects(
+    model: Transformer, tokens: torch.Tensor, heads: Sequence[Head], kind: AblationKind = "mean", *,
+    means: torch.Tensor | None = None, seed: int = 0,
+) -> torch.Tensor:
+    """Per-token loss with each head ablated alone minus the clean loss: (len(heads), B, T - 1). tokens (B, T);
+    means (L, H, E) default to those of `tokens` (pass the sampling data's to ablate probes as the LLC sees them)."""
+    model = adapt(model)  # rllc, TransformerLens or Hugging Face: cfg, hooks, logits
+    clean = per_token_loss(model, tokens)  # (B, T - 1)
+    if kind == "mean" and means is None:
+        means = head_z_means(model, tokens)
+    return torch.stack([ablated_per_token_loss(model, tokens, [h], kind, means=means, seed=seed) - clean
+                        for h in heads])
+
+
+@torch.no_grad()
 def ablation_scores(model: Transformer, tokens: torch.Tensor, kind: AblationKind = "mean", *, seed: int = 0
                     ) -> torch.Tensor:
     """Loss after ablating each head alone minus the clean loss: (n_layers, n_heads). tokens (B, T)."""

@@ -108,6 +108,22 @@ def head_aucs(per_token: Mapping[str, np.ndarray], labels: np.ndarray, patterns:
     return pd.DataFrame(rows, columns=["component", "pattern", "auc", "positives", "negatives"])
 
 
+def control_aucs(per_token: Mapping[str, np.ndarray], labels: np.ndarray, patterns: Mapping[str, int],
+                 types: Mapping[str, str], *, sign: float = -1.0) -> pd.DataFrame:
+    """`token_auc` of the control heads: those with a type but no pattern (`types` minus `patterns`), against the
+    union of the typed heads' patterns. A score specific to what a head does ranks the labelled positions well for
+    its own head and not for these.
+
+    Returns:
+        One row per control head with values: component, type, pattern, auc.
+    """
+    union = int(np.bitwise_or.reduce([int(p) for p in patterns.values()])) if patterns else 0
+    rows = [{"component": c, "type": t, "pattern": str(Pattern(union).name or union),
+             "auc": token_auc(per_token[c], labels, union, sign=sign)}
+            for c, t in types.items() if c not in patterns and c in per_token and union]
+    return pd.DataFrame(rows, columns=["component", "type", "pattern", "auc"])
+
+
 def type_patterns(types: Mapping[str, str]) -> dict[str, int]:
     """component -> Pattern bits for the heads whose behavioural type has one (`TYPE_PATTERNS`)."""
     return {c: TYPE_PATTERNS[t] for c, t in types.items() if t in TYPE_PATTERNS}
@@ -230,7 +246,14 @@ class GroundTruth:
         aucs: per (labelled synthetic probe, typed head): probe, component, type, pattern, auc (of −χ),
             auc_standardized (of −r, r_i = −Corr(φ, ℓ_i) the standardised susceptibility; NaN for stores written
             before it was recorded), auc_contribution (of the per-token LLC contribution), chi_snr (median |χ_i − mean χ| / s.e. over its
-            tokens: below ~2 the per-token values are mostly sampling noise; pure noise with 4 chains gives ~0.8), positives, negatives.
+            tokens: below ~2 the per-token values are mostly sampling noise; pure noise with 4 chains gives ~0.8),
+            auc_ablation (of the head's own per-token mean-ablation effect at w*, `per_token_ablation_effects`
+            with the means of 64 pre-training windows: what a score that measured exactly what the head does to
+            each token's loss would reach — the reference for −χ), auc_loss (of −ℓ_i(w*), the loss at w* alone:
+            the labelled positions are the well-predicted ones, so a score that merely follows the loss reaches
+            this for every head), positives, negatives.
+        controls: per (labelled probe, control head: a typed head without a pattern): probe, component, type,
+            pattern (the union of the typed heads'), auc (of −χ), auc_ablation — what a non-specific score gives.
         clusters: per head: component, type, cluster (k-means on the response matrix over training).
         ari: adjusted Rand index of those clusters against the types (None when it cannot be formed).
         checkpoints: how many checkpoints the response matrix over training spans.
@@ -246,6 +269,8 @@ class GroundTruth:
     checkpoints: int
     notes: list[str] = field(default_factory=list)
     sampler: str = "?"
+    controls: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["probe", "component", "type", "pattern", "auc", "auc_ablation"]))
 
     def lines(self) -> list[str]:
         """One-line summaries (what `rllc demo` prints)."""
@@ -257,10 +282,21 @@ class GroundTruth:
             out.append(f"susceptibility ground truth at step {self.step}, {probe}: ROC AUC of −χ{std} against the "
                        f"labelled positions: {heads} (target ≥ 0.8; sampler {self.sampler}; median per-token "
                        f"|χ − mean χ|/s.e. {g.chi_snr.median():.2f})")
+            out.append(f"  beside it, {probe}: AUC of each head's own per-token mean-ablation effect "
+                       + ", ".join(f"{c} {a:.2f}" for c, a in zip(g.component, g.auc_ablation))
+                       + f"; of the loss at w* alone (−ℓ_i(w*)) {g.auc_loss.iloc[0]:.2f}"
+                       + _control_words(self.controls[self.controls.probe == probe]))
         if self.ari is not None:
             out.append(f"response matrix over {self.checkpoints} checkpoints: heads clustered on its leading singular "
                        f"vectors agree with the head types at adjusted Rand index {self.ari:.2f}")
         return out + self.notes
+
+
+def _control_words(c: pd.DataFrame) -> str:
+    if c.empty:
+        return ""
+    return (f"; control heads (other types: {', '.join(c.component)}) −χ {c.auc.min():.2f}–{c.auc.max():.2f}, "
+            f"ablation {c.auc_ablation.min():.2f}–{c.auc_ablation.max():.2f}")
 
 
 def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> GroundTruth | None:
@@ -272,7 +308,8 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         run_dir: the run directory.
         results: its rows with `extra` (default: read from its store).
     """
-    from rllc.pipeline.data import probe_labels
+    from rllc.analysis.ablation import head_z_means, per_token_ablation_effects, per_token_loss
+    from rllc.pipeline.data import probe_labels, resolve_data
     from rllc.pipeline.store import ResultStore
     from rllc.train import load_run
 
@@ -286,31 +323,51 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
     patterns = type_patterns(types)
     last = int(sus.step.max())
     run = load_run(run_dir)
-    rows, notes = [], []
+    rows, ctrl_rows, notes = [], [], []
     chi_rows = sus[(sus.step == last) & sus.measure.str.startswith(SUSCEPTIBILITY)]
+    model = None
     for key, spec in zip(pr.get("keys", []), pr.get("specs", [])):
         labels = probe_labels(run, spec, pr["n_samples"], seed=pr["seed"], split=pr["split"])
         if labels is None or not patterns:
             continue
         d = chi_rows[chi_rows.measure == f"{SUSCEPTIBILITY}{key}"]
-        arrays = {c: store.arrays((last, c, data, m, chash)) for c, m in zip(d.component, d.measure) if c in patterns}
+        every = {c: store.arrays((last, c, data, m, chash)) for c, m in zip(d.component, d.measure)
+                 if c in types and _is_head(c)}
+        arrays = {c: a for c, a in every.items() if c in patterns}
+        if model is None:  # the reference scores: the heads' own ablation effects at w*, the loss at w* alone
+            model = run.model_at(last)
+            means = head_z_means(model, run.sample_tokens("pretrain", 64, seed=0))
+        tokens = resolve_data(run, spec, pr["n_samples"], seed=pr["seed"], split=pr["split"])[0]
+        heads = list(every)
+        effects = dict(zip(heads, per_token_ablation_effects(model, tokens, [_head(c) for c in heads],
+                                                             means=means).numpy()))
+        loss = per_token_loss(model, tokens).numpy()
         try:
             t = head_aucs({c: a["chi"] for c, a in arrays.items()}, labels, patterns)
             ts = head_aucs({c: a["chi_std"] for c, a in arrays.items() if "chi_std" in a}, labels, patterns)
             tc = head_aucs({c: a["contribution"] for c, a in arrays.items()}, labels, patterns, sign=+1.0)
+            ta = head_aucs(effects, labels, {c: p for c, p in patterns.items() if c in arrays}, sign=+1.0)
+            tl = {p: token_auc(loss, labels, p) for p in set(patterns.values())}
+            other = {c: types[c] for c in every}
+            cc = control_aucs({c: a["chi"] for c, a in every.items()}, labels, patterns, other)
+            ca = control_aucs(effects, labels, patterns, other, sign=+1.0)
         except RllcError as e:
             notes.append(f"{key}: {e}")
             continue
+        ctrl_rows.append(cc.assign(probe=key, auc_ablation=ca.auc.to_numpy()))
         # How well each token's χ is resolved: the median over tokens of |χ_i − mean_j χ_j| / its standard error
         # over chains (the token-dependent part: χ's constant Cov(φ, L) is shared by every token of the probe).
         snr = {c: float(np.nanmedian(np.abs(a["chi"] - np.nanmean(a["chi"])) / a["chi_se"])) if "chi_se" in a
                else np.nan for c, a in arrays.items()}
         rows.append(t.assign(probe=key, type=t.component.map(types),
                              auc_standardized=t.component.map(dict(zip(ts.component, ts.auc))).astype(float),
-                             auc_contribution=tc.auc.to_numpy(), chi_snr=t.component.map(snr)))
+                             auc_contribution=tc.auc.to_numpy(), chi_snr=t.component.map(snr),
+                             auc_ablation=ta.auc.to_numpy(), auc_loss=t.component.map(patterns).map(tl)))
     cols = ["probe", "component", "type", "pattern", "auc", "auc_standardized", "auc_contribution", "chi_snr",
-            "positives", "negatives"]
+            "auc_ablation", "auc_loss", "positives", "negatives"]
     aucs = pd.concat(rows)[cols] if rows else pd.DataFrame(columns=cols)
+    ccols = ["probe", "component", "type", "pattern", "auc", "auc_ablation"]
+    controls = pd.concat(ctrl_rows)[ccols].reset_index(drop=True) if ctrl_rows else pd.DataFrame(columns=ccols)
     heads = sorted({c for c in chi_rows.component if c in types}, key=_component_order)
     mats = response_matrices(sus[sus.measure.str.startswith(SUSCEPTIBILITY)], components=heads)
     clusters, ari = pd.DataFrame(columns=["component", "type", "cluster"]), None
@@ -322,7 +379,16 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
     elif not types:
         notes.append("no head types stored; `rllc heads RUN` labels them")
     return GroundTruth(data, chash, last, aucs.reset_index(drop=True), clusters, ari, len(mats), notes,
-                       sampler_words(store.configs().get(chash, {}).get("sampler", {})))
+                       sampler_words(store.configs().get(chash, {}).get("sampler", {})), controls)
+
+
+def _is_head(c: str) -> bool:
+    return _component_order(c)[0] == 0
+
+
+def _head(c: str) -> tuple[int, int]:
+    layer, head = c.split(":")
+    return int(layer), int(head)
 
 
 def sampler_words(sampler: Mapping[str, Any]) -> str:

@@ -184,7 +184,15 @@ def _ground_truth(doc: Any, r: Any) -> list[str]:
                                       "by the per-token LLC contribution instead; chi_snr is the median |χ_i − "
                                       "mean χ| / s.e. over the probe's tokens (pure noise with 4 chains: ~0.8; "
                                       "the median token's χ is near zero, so it stays low even when the large "
-                                      "values are resolved)."))
+                                      "values are resolved). Beside them: auc_ablation ranks by the head's own "
+                                      "per-token mean-ablation effect at w* (what a score measuring exactly what "
+                                      "the head does to each token's loss reaches), auc_loss by −ℓ_i(w*), the "
+                                      "loss alone (the same for every head: the labelled positions are the "
+                                      "well-predicted ones)."))
+    if len(gt.controls):
+        out.append(doc.table(gt.controls, "Control heads (types without a labelled pattern), ranked against the same "
+                                          "positions: a score specific to what a head does is high for its own "
+                                          "head and not for these."))
     if gt.ari is not None:
         k = gt.clusters.type.nunique()
         out.append(doc.table(gt.clusters, f"Heads clustered (k-means, k = {k} types) on the two leading singular "
