@@ -13,6 +13,11 @@ and the per-token LLC contribution; the split-half reliability of χ over tokens
 the correlation of the two halves' within-chain Cov(φ, ℓ_i) over the probe's tokens — near 0 is noise, near 1 resolved); the median
 |χ_i|/s.e. and the wall time. Convergence of an AUC as the reliability approaches 1 is the noise-free AUC of
 that score.
+Beside them, per head and probe (the same for every number of draws): the AUC of the head's own per-token
+mean-ablation effect at w* (`per_token_ablation_effects`, means of 64 pre-training windows: what a score measuring
+exactly what the head does to each token's loss reaches), the AUC of −ℓ_i(w*) (the loss alone), and the Spearman
+correlation over tokens of −χ with the ablation effect and with ℓ_i(w*) (does χ follow what the head does, or how
+badly the token is predicted?). Heads of other types in --heads are the controls.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a cpu-preset run directory (e.g. a copy of an `rllc demo` output)")
-    ap.add_argument("--heads", default="1:3,0:3")
+    ap.add_argument("--heads", default="1:0,1:2,1:3,0:3,0:0,0:1,0:2,1:1")
     ap.add_argument("--draws", default="20,80,320,1280")
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
@@ -50,9 +55,24 @@ def main() -> None:
     labels = {p: probe_labels(run, p, 8, seed=1, split="val") for p in names}
     pattern = int(Pattern.INDUCTION | Pattern.REPEAT)
     heads = args.heads.split(",")
+    from scipy.stats import spearmanr
+
+    from rllc.analysis.ablation import head_z_means, per_token_ablation_effects, per_token_loss
+
+    means = head_z_means(model, run.sample_tokens("pretrain", 64, seed=0))
+    hl = [tuple(int(x) for x in h.split(":")) for h in heads]
+    effects = {p: dict(zip(heads, per_token_ablation_effects(model, probes[p], hl, means=means).numpy()))
+               for p in names}
+    loss = {p: per_token_loss(model, probes[p]).numpy() for p in names}
+    print("reference scores: head  probe  AUC(ablation effect)  AUC(−loss at w*)")
+    for h in heads:
+        for p in names:
+            print(f"  {h}  {p}  {token_auc(effects[p][h], labels[p], pattern, sign=1.0):.3f}  "
+                  f"{token_auc(loss[p], labels[p], pattern):.3f}")
     print(f"run {args.run} step {step}; heads {heads}; {args.chains} chains; sampler ε 1e-3, nβ 30, γ 200, batch 8, "
           "50 burn-in, paired; probes 8 windows each")
-    print("draws/chain  head  probe  AUC(−χ)  AUC(−r)  AUC(contribution)  split-half r(χ)  median |χ|/se  wall s")
+    print("draws/chain  head  probe  AUC(−χ)  AUC(−r)  AUC(contribution)  split-half r(χ)  median |χ|/se  "
+          "ρ(−χ, ablation)  ρ(−χ, loss)  wall s")
     for k in (int(x) for x in args.draws.split(",")):
         t0 = time.perf_counter()
         res = rllc.estimate_llc_many(model, data, heads, observe=Observe(probes=probes), epsilon=1e-3, nbeta=30.0,
@@ -71,7 +91,10 @@ def main() -> None:
                 a_chi = token_auc(chi, labels[p], pattern)
                 a_std = token_auc(response.standardized_susceptibility(ob, p), labels[p], pattern)
                 a_c = token_auc(response.token_contributions(ob, p, 30.0), labels[p], pattern, sign=1.0)
-                print(f"{k:11d}  {h}  {p}  {a_chi:.3f}  {a_std:.3f}  {a_c:.3f}  {rel:.2f}  {snr:.2f}  {wall:.0f}")
+                r_ab = spearmanr(-chi.ravel(), effects[p][h].ravel()).statistic
+                r_l = spearmanr(-chi.ravel(), loss[p].ravel()).statistic
+                print(f"{k:11d}  {h}  {p}  {a_chi:.3f}  {a_std:.3f}  {a_c:.3f}  {rel:.2f}  {snr:.2f}  {r_ab:.2f}  "
+                      f"{r_l:.2f}  {wall:.0f}")
 
 
 if __name__ == "__main__":

@@ -125,8 +125,14 @@ def test_ground_truth_lines_name_both_scores_and_the_sampler():
     assert words == "SGLD ε 0.001, nβ 30.0, γ 200.0, 4 chains × 20 draws after 50 burn-in, batch 8, paired"
     aucs = pd.DataFrame({"probe": ["p", "p"], "component": ["1:0", "0:3"], "type": ["induction", "previous-token"],
                          "pattern": ["x", "x"], "auc": [0.55, 0.61], "auc_standardized": [0.71, np.nan],
-                         "auc_contribution": [0.6, 0.6], "chi_snr": [0.2, 0.4], "positives": [1, 1],
-                         "negatives": [1, 1]})
-    (line,) = GroundTruth("pretrain", "h", 5, aucs, pd.DataFrame(), None, 1, sampler=words).lines()
+                         "auc_contribution": [0.6, 0.6], "chi_snr": [0.2, 0.4], "auc_ablation": [0.82, 0.84],
+                         "auc_loss": [0.86, 0.86], "positives": [1, 1], "negatives": [1, 1]})
+    controls = pd.DataFrame({"probe": ["p", "p"], "component": ["0:0", "1:1"], "type": ["current-token", "multigram"],
+                             "pattern": ["x", "x"], "auc": [0.42, 0.57], "auc_ablation": [0.7, 0.43]})
+    line, beside = GroundTruth("pretrain", "h", 5, aucs, pd.DataFrame(), None, 1, sampler=words,
+                               controls=controls).lines()
     assert "1:0 (induction) 0.55 / 0.71, 0:3 (previous-token) 0.61 (" in line
     assert "standardised" in line and words in line and "s.e. 0.30)" in line  # median snr of 0.2, 0.4
+    assert beside == ("  beside it, p: AUC of each head's own per-token mean-ablation effect 1:0 0.82, 0:3 0.84; of "
+                      "the loss at w* alone (−ℓ_i(w*)) 0.86; control heads (other types: 0:0, 1:1) −χ 0.42–0.57, "
+                      "ablation 0.43–0.70")
