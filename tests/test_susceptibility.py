@@ -482,3 +482,24 @@ def test_susceptibility_standard_error_matches_the_spread_over_independent_runs(
         np.testing.assert_allclose(response.susceptibility_chains(shifted, "train"), ch, rtol=1e-9, atol=1e-12)
     ratio = np.median(np.mean(ses, axis=0) / np.std(chis, axis=0, ddof=1))
     assert 0.6 < ratio < 1.6, ratio
+
+
+def test_layer_norm_into_the_augmented_buffer_equals_layer_norm():
+    # probe_eval._ln_augmented writes [LayerNorm(r), 1] into a kept buffer (the unembedding's bias rides in its GEMM)
+    # and _ln_scale reads the scale off one vector norm: both equal torch's LayerNorm to float rounding, on a strided
+    # input (the predicting positions) with a large per-row offset, and the buffer's reuse at another size.
+    import torch.nn.functional as F
+
+    from rllc.llc import probe_eval, unembed
+
+    g = torch.Generator().manual_seed(7)
+    ws = unembed.Workspace()
+    for N, B, T, D in ((3, 4, 9, 24), (2, 5, 6, 24)):
+        r = 2.0 * torch.randn(N, B, T, D, generator=g) + 40.0 * torch.randn(N, B, T, 1, generator=g)
+        x = probe_eval._ln_augmented(r[:, :, :-1], 1e-5, ws)  # (N, B·(T−1), D+1)
+        want = F.layer_norm(r[:, :, :-1], (D,), eps=1e-5).reshape(N, B * (T - 1), D)
+        torch.testing.assert_close(x[..., :D], want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(x[..., D], torch.ones(N, B * (T - 1)))
+        scale = probe_eval._ln_scale(r, 1e-5)
+        torch.testing.assert_close(scale, torch.rsqrt(r.var(-1, unbiased=False, keepdim=True) + 1e-5), rtol=1e-5,
+                                   atol=0)
