@@ -503,3 +503,29 @@ def test_layer_norm_into_the_augmented_buffer_equals_layer_norm():
         scale = probe_eval._ln_scale(r, 1e-5)
         torch.testing.assert_close(scale, torch.rsqrt(r.var(-1, unbiased=False, keepdim=True) + 1e-5), rtol=1e-5,
                                    atol=0)
+
+
+def test_probe_losses_in_row_blocks_equal_the_loop(monkeypatch):
+    # probe_eval._blocked_nll makes the logits a row block at a time (blocks of 4 rows here, 55 rows: a short last
+    # block): lower-layer heads (HeadEval) and the full model (StackedEval) still equal one forward per weight set.
+    from rllc.llc import probe_eval
+
+    monkeypatch.setattr(probe_eval, "_BLOCK_BYTES", 4 * 37 * 4)
+    from rllc.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(n_layers=3, n_heads=3, d_model=24, d_head=8, n_ctx=12, d_vocab=37), seed=4)
+    g = torch.Generator().manual_seed(6)
+    batch = torch.randint(0, 37, (5, 12), generator=g)
+    anchor = {n: p.detach() for n, p in model.named_parameters()}
+    heads_eval, stacked, ref = probe_eval.HeadEval(model), probe_eval.StackedEval(model), probe_eval.LoopEval(model, None)
+    for layer in range(2):
+        heads = [1, 0, 1]
+        names = [f"blocks.{layer}.attn.{k}" for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")]
+        w = {n: anchor[n].expand(len(heads), *anchor[n].shape).clone() for n in names}
+        for i, h in enumerate(heads):
+            for n in names:
+                w[n][i, h] += 0.2 * torch.randn(w[n][i, h].shape, generator=g)
+        torch.testing.assert_close(heads_eval.values(w, batch, layer, heads), ref.values(w, batch), rtol=1e-5,
+                                   atol=1e-5)
+    wf = {n: t.expand(2, *t.shape) + 0.1 * torch.randn(2, *t.shape, generator=g) for n, t in anchor.items()}
+    torch.testing.assert_close(stacked.values(wf, batch), ref.values(wf, batch), rtol=1e-5, atol=1e-5)
