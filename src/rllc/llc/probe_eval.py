@@ -169,7 +169,7 @@ class StackedEval:
 
 
 # HeadEval's folded pieces (float32) kept per (probe, head) across draws — a last-layer head's A'_h (rows × vocab)
-# and c(r*_h), a lower head's r*_h and P_h (n·T × (d_model + 3·n_heads·d_head)): 64 Mi elements = 256 MiB in all.
+# and c(r*_h), a lower head's r*_h (n·T × d_model): 64 Mi elements = 256 MiB in all.
 # Past it a head's pieces are rebuilt per call (one full-width GEMM shared by that head's chains).
 _MAX_FOLD_CACHE = 1 << 26
 
@@ -206,7 +206,7 @@ class _HeadCache:
         self.resid = r + self.head_out.sum(0) + p[a + "b_O"]  # (n, T, D): the w* residual after block l
         self.targets = batch[:, 1:].reshape(-1)  # (rows,)
         self.folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # last layer: head -> (U'_h, A'_h)
-        self.bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # below it: head -> (r*_h, P_h)
+        self.bases: dict[int, tuple[torch.Tensor]] = {}  # below it: head -> (r*_h,)
 
 
 class _NextBlock:
@@ -235,13 +235,13 @@ class HeadEval:
     The head's output is recomputed from the probe's cached w* inputs of its layer, the other heads' w* outputs
     reused: r_{l+1} = r*_h + z_i W_O,i with r*_h = r*_{l+1} − z*_h W*_O,h (cached per probe and head). With c(·)
     centring over d_model, s = (mean(c(r)²) + ε)^−½ a LayerNorm's per-token scale and g, b its gain and bias, every
-    LayerNorm followed by a linear map is folded exactly through the head's d_head-wide span:
+    LayerNorm followed by a linear map is folded exactly into that map:
 
-    * below the last layer, block l+1's queries, keys and values are
-      s ⊙ (P_h + z_i M_i) + C,  P_h = (c(r*_h) ⊙ g) W_QKV,  M_i = (c(W_O,i) ⊙ g) W_QKV,
-      C = b W_QKV + [pos W_Q + b_Q | pos W_K + b_K | b_V] (``_NextBlock``), P_h cached per probe and head: a
-      d_head-wide product per draw instead of a d_model-wide one; blocks above l+1 run stacked as in ``StackedEval``,
-      and the unembedding takes LayerNorm's gain and bias in its weights (x̂ (g W_U) + (b W_U + b_U));
+    * below the last layer, block l+1's queries, keys and values are s ⊙ (c(r_{l+1}) (g ⊙ W_QKV)) + C,
+      C = b W_QKV + [pos W_Q + b_Q | pos W_K + b_K | b_V] (``_NextBlock``): one GEMM over every weight set's rows,
+      the weight being shared (on this Intel CPU 0.8 against 1.0 ms per weight set for the d_head-wide fold
+      P_h + z_i M_i through a cached P_h = (c(r*_h) ⊙ g) W_QKV); blocks above l+1 run stacked as in ``StackedEval``,
+      and the unembedding takes LayerNorm's gain and bias in its weights ([x̂, 1] [g W_U; b W_U + b_U]);
     * in the last layer the logits are s ⊙ (A'_h + z_i M_i) + β, A'_h = (c(r*_h) ⊙ g) W_U,
       M_i = (c(W_O,i) ⊙ g) W_U, β = b W_U + b_U, A'_h (rows × V) computed once per probe and head: per draw the
       unembedding is a d_head-wide product accumulated onto s ⊙ A'_h + β in a kept buffer instead of a d_model-wide
@@ -283,12 +283,11 @@ class HeadEval:
         U = r - r.mean(-1, keepdim=True)  # centred, every position
         return self._keep(cache.folds, h, (U, U[:, :-1].reshape(-1, self.cfg.d_model) @ self.gW_U))
 
-    def _base(self, cache: _HeadCache, h: int, nb: _NextBlock) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r*_h (n·T, D), P_h (n·T, 3·H·E)) for head h below the last layer, kept under ``_MAX_FOLD_CACHE``."""
+    def _base(self, cache: _HeadCache, h: int) -> torch.Tensor:
+        """r*_h (n·T, D) for head h below the last layer, kept under ``_MAX_FOLD_CACHE``."""
         if h in cache.bases:
-            return cache.bases[h]
-        r = (cache.resid - cache.head_out[h]).reshape(-1, self.cfg.d_model)
-        return self._keep(cache.bases, h, (r, (r - r.mean(-1, keepdim=True)) @ nb.gW))
+            return cache.bases[h][0]
+        return self._keep(cache.bases, h, ((cache.resid - cache.head_out[h]).reshape(-1, self.cfg.d_model),))[0]
 
     @torch.no_grad()
     def values(self, w: dict[str, torch.Tensor], batch: torch.Tensor, layer: int, heads: list[int]) -> torch.Tensor:
@@ -306,30 +305,28 @@ class HeadEval:
         z = F.scaled_dot_product_attention(proj(c.q_in, "Q"), proj(c.q_in, "K"), proj(c.v_in, "V"), is_causal=True,
                                            scale=1.0 / E**0.5).view(N, n * T, E)
         zW = torch.bmm(z, W["W_O"])  # (N, n·T, D): the moving head's output
-        Wc = W["W_O"] - W["W_O"].mean(-1, keepdim=True)  # (N, E, D): centred over d_model
         if l == cfg.n_layers - 1:
+            Wc = W["W_O"] - W["W_O"].mean(-1, keepdim=True)  # (N, E, D): centred over d_model
             return self._last(c, heads, z.view(N, n, T, E), zW.view(N, n, T, D), Wc)
         pN = {k: t.expand(N, *t.shape) for k, t in self.anchor.items()}  # w*, broadcast over the weight sets
-        return _token_losses(cfg, pN, self._above(c, l, heads, z, zW, Wc, n, T, pN), c.targets, self.ws)
+        return _token_losses(cfg, pN, self._above(c, l, heads, zW, n, T, pN), c.targets, self.ws)
 
-    def _above(self, c: _HeadCache, l: int, heads: list[int], z: torch.Tensor, zW: torch.Tensor, Wc: torch.Tensor,
-               n: int, T: int, pN: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _above(self, c: _HeadCache, l: int, heads: list[int], zW: torch.Tensor, n: int, T: int,
+               pN: dict[str, torch.Tensor]) -> torch.Tensor:
         """The final residual (N, n, T, D) when head heads[i] of layer l < L−1 outputs z[i] W_O,i (N, n·T, ·)."""
         from rllc.llc.stacked import stacked_blocks
 
         cfg = self.cfg
         N, H, D, E = len(heads), cfg.n_heads, cfg.d_model, cfg.d_head
         nb = self._next.get(l + 1) or self._next.setdefault(l + 1, _NextBlock(cfg, self.anchor, l + 1))
-        M = (Wc.reshape(N * E, D) @ nb.gW).view(N, E, -1)  # (N, E, 3·H·E)
         r = torch.empty_like(zW)  # (N, n·T, D)
-        X = torch.empty(N, n * T, 3 * H * E, dtype=zW.dtype, device=zW.device)
-        bases = {h: self._base(c, h, nb) for h in dict.fromkeys(heads)}  # one per head, not per weight set
+        bases = {h: self._base(c, h) for h in dict.fromkeys(heads)}  # one per head, not per weight set
         for i, h in enumerate(heads):
-            base, P = bases[h]
-            torch.add(base, zW[i], out=r[i])  # r_{l+1}
-            torch.addmm(P, z[i], M[i], out=X[i])  # (c(r_{l+1}) ⊙ g) W_QKV
-        X4 = X.view(N, n, T, -1)
-        torch.addcmul(nb.C[:T], X4, _ln_scale(r, cfg.ln_eps).view(N, n, T, 1), out=X4)  # s ⊙ (…) + C, one pass
+            torch.add(bases[h], zW[i], out=r[i])  # r_{l+1}
+        cr = r - r.mean(-1, keepdim=True)  # c(r_{l+1})
+        X4 = torch.mm(cr.view(-1, D), nb.gW).view(N, n, T, -1)  # (c(r_{l+1}) ⊙ g) W_QKV, (N, n, T, 3·H·E)
+        torch.addcmul(nb.C[:T], X4, _rstd(cr, cfg.ln_eps).view(N, n, T, 1), out=X4)  # s ⊙ (…) + C, one pass
+        X = X4.view(N, n * T, -1)
         qkv = X.view(N * n, T, 3, H, E)
         z2 = F.scaled_dot_product_attention(*(qkv[:, :, j].transpose(1, 2) for j in range(3)), is_causal=True,
                                             scale=1.0 / E**0.5)  # (N·n, H, T, E)
