@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from rllc import _gemm
 from rllc.llc import unembed
 from rllc.llc.layout import Layout
 from rllc.llc.losses import per_token_loss
@@ -99,14 +100,14 @@ _BLOCK_BYTES = 1 << 20
 def _blocked_nll(x: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, ws: unembed.Workspace,
                  out: torch.Tensor) -> None:
     """Writes −log softmax(x W)[target] (rows,) into ``out`` for x (rows, K), W (K, V), one row block of logits at
-    a time in ``ws``'s buffer. MKL's sgemm (``torch.mm`` into the buffer): on this Intel CPU oneDNN (`rllc._gemm`,
-    which returns a new tensor) took 1.7-2x as long for this product."""
+    a time in ``ws``'s buffer. The product goes where `rllc._gemm` sends it on this CPU: MKL's sgemm into the
+    buffer on Intel (oneDNN took 1.7-2x as long for it on the Intel Xeon), oneDNN's new tensor on AMD with AVX-512."""
     rows, V = len(targets), W.shape[1]
     step = max(1, _BLOCK_BYTES // (V * out.element_size()))
     buf = ws.get("logits", min(step, rows), V, x)
     for s in range(0, rows, step):
         e = min(rows, s + step)
-        out[s:e] = unembed.log_softmax_nll_(torch.mm(x[s:e], W, out=buf[:e - s]), targets[s:e])
+        out[s:e] = unembed.log_softmax_nll_(_gemm.mm(x[s:e], W, buffer=buf[:e - s]), targets[s:e])
 
 
 class StackedEval:
