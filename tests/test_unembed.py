@@ -53,7 +53,7 @@ def test_row_blocks_give_the_same_losses_and_gradients(monkeypatch):
     one = unembed.token_nll(h, W_aug, t, unembed.Workspace()), unembed.mean_nll_and_grad(h, W_aug, t, 3,
                                                                                           unembed.Workspace())
     monkeypatch.setattr(unembed, "_BLOCK", 7 * 33)  # blocks of 7 rows, across the groups' boundaries
-    assert len(unembed._blocks(60, 33)) == 9
+    assert len(unembed.row_blocks(60, 33)) == 9
     ws = unembed.Workspace()
     blocked = unembed.token_nll(h, W_aug, t, ws), unembed.mean_nll_and_grad(h, W_aug, t, 3, ws)
     torch.testing.assert_close(blocked[0], one[0], rtol=1e-6, atol=1e-6)

@@ -102,12 +102,10 @@ def _blocked_nll(x: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, ws: un
     """Writes −log softmax(x W)[target] (rows,) into ``out`` for x (rows, K), W (K, V), one row block of logits at
     a time in ``ws``'s buffer. The product goes where `rllc._gemm` sends it on this CPU: MKL's sgemm into the
     buffer on Intel (oneDNN took 1.7-2x as long for it on the Intel Xeon), oneDNN's new tensor on AMD with AVX-512."""
-    rows, V = len(targets), W.shape[1]
-    step = max(1, _BLOCK_BYTES // (V * out.element_size()))
-    buf = ws.get("logits", min(step, rows), V, x)
-    for s in range(0, rows, step):
-        e = min(rows, s + step)
-        out[s:e] = unembed.log_softmax_nll_(_gemm.mm(x[s:e], W, buffer=buf[:e - s]), targets[s:e])
+    blocks = unembed.row_blocks(len(targets), W.shape[1], _BLOCK_BYTES // out.element_size())
+    buf = ws.get("logits", blocks[0].stop, W.shape[1], x)
+    for s in blocks:
+        out[s] = unembed.log_softmax_nll_(_gemm.mm(x[s], W, buffer=buf[:s.stop - s.start]), targets[s])
 
 
 class StackedEval:

@@ -30,9 +30,10 @@ _TINY = 1e-30  # p_target below this: −log p is recomputed exactly from the ro
 _BLOCK = 1 << 21
 
 
-def _blocks(n: int, V: int) -> list[slice]:
-    """Row blocks of at most ``_BLOCK`` logits (at least one row each) covering rows 0 … n−1."""
-    step = max(1, _BLOCK // V)
+def row_blocks(n: int, V: int, limit: int | None = None) -> list[slice]:
+    """Row blocks of at most ``limit`` (default ``_BLOCK``) logits of V-wide rows, at least one row each, covering
+    rows 0 … n−1."""
+    step = max(1, (_BLOCK if limit is None else limit) // V)
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -116,7 +117,7 @@ def token_nll(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tensor, ws: W
         (rows,) −log softmax(h W + b)[target].
     """
     out = torch.empty(len(h), dtype=h.dtype, device=h.device)
-    for s in _blocks(len(h), W_aug.shape[1]):
+    for s in row_blocks(len(h), W_aug.shape[1]):
         out[s] = softmax_nll_(logits_into(h[s], W_aug, ws), targets[s], exact_logits(h[s], W_aug))
     return out
 
@@ -138,7 +139,7 @@ def mean_nll_and_grad(h: torch.Tensor, W_aug: torch.Tensor, targets: torch.Tenso
     W = W_aug[:-1]  # (D, V)
     nll = torch.empty(n, dtype=h.dtype, device=h.device)
     dh = torch.empty_like(h)
-    for s in _blocks(n, W_aug.shape[1]):
+    for s in row_blocks(n, W_aug.shape[1]):
         probs = logits_into(h[s], W_aug, ws)
         nll[s] = softmax_nll_(probs, targets[s], exact_logits(h[s], W_aug))
         dh[s] = _gemm.mm(probs, W.T, buffer=dh[s])
