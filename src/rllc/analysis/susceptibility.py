@@ -29,6 +29,7 @@ import pandas as pd
 
 from rllc._errors import RllcError
 from rllc.data.synthetic import Pattern
+from rllc.model.components import head_index, is_head_name
 
 SUSCEPTIBILITY = "susceptibility:"
 CONTRIBUTION = "contribution:"
@@ -332,14 +333,14 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
             continue
         d = chi_rows[chi_rows.measure == f"{SUSCEPTIBILITY}{key}"]
         every = {c: store.arrays((last, c, data, m, chash)) for c, m in zip(d.component, d.measure)
-                 if c in types and _is_head(c)}
+                 if c in types and is_head_name(c)}
         arrays = {c: a for c, a in every.items() if c in patterns}
         if model is None:  # the reference scores: the heads' own ablation effects at w*, the loss at w* alone
             model = run.model_at(last)
             means = head_z_means(model, run.sample_tokens("pretrain", 64, seed=0))
         tokens = resolve_data(run, spec, pr["n_samples"], seed=pr["seed"], split=pr["split"])[0]
         heads = list(every)
-        effects = dict(zip(heads, per_token_ablation_effects(model, tokens, [_head(c) for c in heads],
+        effects = dict(zip(heads, per_token_ablation_effects(model, tokens, [head_index(c) for c in heads],
                                                              means=means).numpy()))
         loss = per_token_loss(model, tokens).numpy()
         try:
@@ -380,15 +381,6 @@ def check_run(run_dir: str | Path, *, results: pd.DataFrame | None = None) -> Gr
         notes.append("no head types stored; `rllc heads RUN` labels them")
     return GroundTruth(data, chash, last, aucs.reset_index(drop=True), clusters, ari, len(mats), notes,
                        sampler_words(store.configs().get(chash, {}).get("sampler", {})), controls)
-
-
-def _is_head(c: str) -> bool:
-    return _component_order(c)[0] == 0
-
-
-def _head(c: str) -> tuple[int, int]:
-    layer, head = c.split(":")
-    return int(layer), int(head)
 
 
 def sampler_words(sampler: Mapping[str, Any]) -> str:
