@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -149,14 +150,36 @@ def _devtools_port(profile: Path, proc: subprocess.Popen, timeout: float) -> int
     raise TimeoutError("chromium did not open its DevTools port")
 
 
+def _stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate Chromium's process group (SIGKILL after ``timeout``) and wait until none of it is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            proc.poll()  # reap the browser itself, so that the group can empty
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+    proc.wait()
+
+
 def check_page(path: Path, screenshot: Path, *, chromium: str, width: int = 1280, timeout: float = 60.0
                ) -> PageCheck:
     """Open `path` in headless Chromium, collect what went wrong, save a full-page screenshot to `screenshot`."""
+    # The profile is removed only after every Chromium process has gone: its helper processes (renderer, crash
+    # handler) outlive the browser's own for a moment and still write there ("Directory not empty: 'Default'" from
+    # the temporary directory's cleanup, seen once in CI). Chromium runs in its own session so that its whole
+    # process group can be stopped and waited for.
     with tempfile.TemporaryDirectory(prefix="rllc-chromium-") as tmp:
         profile = Path(tmp)
         proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                  f"--window-size={width},900", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             port = _devtools_port(profile, proc, timeout)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as resp:
@@ -191,9 +214,4 @@ def check_page(path: Path, screenshot: Path, *, chromium: str, width: int = 1280
             ws.close()
             return out
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
