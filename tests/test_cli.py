@@ -36,7 +36,8 @@ def test_llc_unknown_component_is_one_line(tiny_run):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown head '7:0'" in proc.stderr
 
 
-@pytest.mark.parametrize("argv", [["train", "--out", "x", "--seeds", "1,a"], ["llc"]])
+@pytest.mark.parametrize("argv", [["train", "--out", "x", "--seeds", "1,a"], ["llc"],
+                                  ["import", "SRC", "--out", "x", "--data", "code", "--steps", "1000,a"]])
 def test_argument_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)

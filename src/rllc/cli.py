@@ -94,9 +94,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from rllc.runs import import_series
 
-    steps = [int(x) for x in args.steps.split(",")] if args.steps else None
-    run = import_series(args.src, args.out, data=args.data, steps=steps, copy=args.copy, tokenizer=args.tokenizer,
-                        n_ctx=args.n_ctx)
+    run = import_series(args.src, args.out, data=args.data, steps=args.steps or None, copy=args.copy,
+                        tokenizer=args.tokenizer, n_ctx=args.n_ctx)
     p, m = run.provenance, run.config.model
     print(f"{run.path}: {len(run.steps)} checkpoints of a {p['family']} model ({m.n_layers} layers × {m.n_heads} "
           f"heads, vocabulary {m.d_vocab}) from {p['source']} ({'copied' if p['copied'] else 'referenced'}); "
@@ -449,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the model's pretraining data, recorded as 'pretrain': a text "
                                                  "path or glob, a JSONL field, hf:... (tokenised with the model's "
                                                  "own tokenizer)")
-    p.add_argument("--steps", help="only these steps, comma-separated (default every checkpoint found)")
+    p.add_argument("--steps", type=_ints, help="only these steps, comma-separated (default every checkpoint found)")
     p.add_argument("--copy", action="store_true", help="copy the weights into RUN_DIR/checkpoints/")
     p.add_argument("--tokenizer", help="tokenizer.json (or its directory) when the snapshots have none")
     p.add_argument("--n-ctx", type=int, help="window length of the data sets (default the model's context)")
