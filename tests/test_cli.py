@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,57 @@ def test_every_command_has_help_text(capsys):
         for action in sub._actions:  # noqa: SLF001
             if action.dest != "help":
                 assert action.help, f"{name} {action.dest} has no help"
+
+
+def _stated_default(help_text: str, flag: str) -> str:
+    m = re.search(r"\(default:? ([^);:\s]+)", help_text)
+    assert m, f"{flag}: no '(default ...)' in its help"
+    return m.group(1).rstrip(",")
+
+
+def test_every_default_a_help_text_states_is_the_codes():
+    # A researcher reads the default in --help; it must be the value the code uses (argparse's, or the config's
+    # when the flag passes None through).
+    from rllc.analysis.hessian import FIM_DEFAULT, HessianConfig, RankConfig
+    from rllc.cli import _floats
+    from rllc.llc import SamplerConfig
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    checked = 0
+    for name, sub in commands.items():
+        for a in sub._actions:  # noqa: SLF001
+            m = re.search(r"\(default:? ([^);:\s]+)", a.help or "")
+            if m and a.default is not None and not isinstance(a.default, bool):  # store_true flags: False
+                said = m.group(1).rstrip(",")
+                if isinstance(a.default, list):
+                    assert _floats(said) == a.default, (name, a.dest, said)
+                elif isinstance(a.default, (int, float)):
+                    assert float(said) == a.default, (name, a.dest, said)
+                else:
+                    assert said == a.default, (name, a.dest, said)
+                checked += 1
+    assert checked >= 15
+
+    def stated(command: str, flag: str) -> str:
+        action = next(a for a in commands[command]._actions if flag in a.option_strings)  # noqa: SLF001
+        return action.help
+
+    sampler = SamplerConfig()
+    for flag, value in [("--epsilon", sampler.epsilon), ("--nbeta", sampler.nbeta), ("--gamma", sampler.gamma),
+                        ("--chains", sampler.chains), ("--draws", sampler.draws), ("--burn-in", sampler.burn_in),
+                        ("--batch-size", sampler.batch_size), ("--seed", sampler.seed)]:
+        for command in ("llc", "calibrate", "sweep", "susceptibility"):
+            assert float(_stated_default(stated(command, flag), flag)) == value, (command, flag)
+    trace, rank = HessianConfig(), RankConfig()
+    assert f"trace {trace.n_probes}, fim {FIM_DEFAULT.n_probes}, rank {rank.n_probes}" in stated("hessian", "--probes")
+    assert f"trace {trace.n_samples}, fim {FIM_DEFAULT.n_samples}, rank {rank.n_samples}" in \
+        stated("hessian", "--samples")
+    for flag, value in [("--hvp-batch", trace.batch_size), ("--probe-batch", trace.probe_batch),
+                        ("--seed", trace.seed), ("--degree", rank.degree), ("--threshold", rank.threshold),
+                        ("--threshold-fraction", rank.threshold_fraction), ("--lanczos-steps", rank.lanczos_steps),
+                        ("--power-steps", rank.power_steps)]:
+        assert float(re.search(r"default:? ([\d.]+)", stated("hessian", flag)).group(1)) == value, flag
+    assert "--range=%g,%g (the default)" % rank.range in stated("hessian", "--range")
 
 
 def test_llc_json_on_a_tiny_run(tiny_run, capsys):

@@ -15,7 +15,8 @@ DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
-develops. Start with `rllc demo` (CPU, offline, about 6 minutes on 2 cores)."""
+develops. Start with `rllc demo` (CPU, offline, about 10 minutes on 2 idle cores: 564 s measured, see the
+README); `rllc COMMAND --help` explains each command and its flags."""
 
 
 def _positive_int(s: str) -> int:
@@ -41,17 +42,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(156 s measured on an idle machine; default); 'cpu-dyck': the same with a fifth of the "
                         "data nested-bracket sequences (synthetic.dyck), for the multigram circuit (§4.3); "
                         "'paper': the paper's 2x8 heads, d_model 256, n_ctx 1024, 50k steps")
-    p.add_argument("--data", help="training data: a named source (pretrain, prose, code, synthetic, "
-                                  "synthetic.repeat, ...), a mixture 'prose*0.5,synthetic.repeat*0.5', a text "
-                                  "file, directory, glob or .jsonl; default: the preset's mixture")
+    p.add_argument("--data", help="training data: a named source (prose, code, synthetic, synthetic.repeat, ...; "
+                                  "pretrain is the cpu preset's mixture prose*0.35,code*0.15,synthetic.repeat*0.5), "
+                                  "a mixture 'prose*0.5,synthetic.repeat*0.5', a text file, directory, glob or "
+                                  "FILE.jsonl:FIELD; default: the preset's mixture")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: the preset's)")
-    p.add_argument("--layers", type=int, dest="n_layers",
+    p.add_argument("--layers", type=int, dest="n_layers", metavar="N",
                    help="number of layers; 1 or 0 ('bigram') for reference models (default: the preset's 2)")
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the preset's)")
-    p.add_argument("--checkpoints", help="checkpoint steps: 'paper' (the paper's schedule scaled to --steps), "
-                                         "'every:N' or 'S1,S2,...'")
+    p.add_argument("--checkpoints", help="checkpoint steps: 'paper' (the default: the paper's schedule, dense early "
+                                         "and sparse late, scaled to --steps; 107 checkpoints at the cpu preset's "
+                                         "5,000 steps), 'every:N' or 'S1,S2,...'")
     p.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -169,7 +172,8 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="sampler seed (default 0)")
     g.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
                    help="subtract the loss at w* on each draw's own minibatch (less variance, one more forward "
-                        "per draw); default: off for `llc`/`calibrate` (the paper's estimator), on for `sweep`")
+                        "per draw); default: off for `llc`/`calibrate` (the paper's estimator), on for `sweep` and "
+                        "`susceptibility`; --no-paired turns it off")
     p.add_argument("--n-samples", type=_positive_int, default=2048,
                    help="token windows drawn (seeded) from the data set to estimate on (default 2048)")
 
@@ -180,7 +184,9 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
                    help="inprocess (default), a local process pool, or Ray")
     g.add_argument("--address", help="Ray cluster address (with --executor ray); default: a private local runtime "
                                      "bound to 127.0.0.1 with usage stats off")
-    g.add_argument("--workers", type=_positive_int, help="pool processes or local Ray CPUs (default: all CPUs)")
+    g.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="pool processes, or the CPUs of a local Ray runtime (default: all CPUs); on an existing Ray "
+                        "cluster (--address) the tasks in flight are capped at 2 x N (default: 2 x its CPUs)")
 
 
 def _add_probe_args(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -414,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "trains the cpu-dyck preset (a fifth of the data nested brackets) and a 1-layer "
                         "reference beside it (OUT-ref1), sweeps the layer-0 heads' wrLLC and model-as-generator "
                         "wdrLLC at 10 checkpoints, analyses the heads there (Dyck path patching at each) and "
-                        "prints the finding (default OUT runs/demo-dyck)")
+                        "prints the finding (--out then defaults to runs/demo-dyck)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -477,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("llc", help="estimate a (refined) local learning coefficient at one checkpoint",
                        description="Estimate λ̂ = nβ (E[L_n(w)] − L_n(w*)) by SGLD at one checkpoint. "
                                    "--component restricts which weights move (weight-refined, e.g. one head "
-                                   "'1:6'); --data measures the loss on another distribution (data-refined, "
+                                   "'1:2'); --data measures the loss on another distribution (data-refined, "
                                    "e.g. 'code'); both together give the wdrLLC.")
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
@@ -497,8 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "recommend a setting, and plot the loss traces of every cell.")
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    p.add_argument("--component", help="component that moves (default: all)")
-    p.add_argument("--data", default="pretrain", help="data set (default: the run's training data)")
+    p.add_argument("--component", help="what moves, as for `rllc llc`: a head 'l:h', 'layer:l', 'embed', ..., "
+                                       "'all', or a union 'a+b' (default: all)")
+    p.add_argument("--data", default="pretrain", help="data set, as for `rllc llc` (default: pretrain, the run's "
+                                                      "training data)")
     p.add_argument("--epsilons", type=_floats, default=[3e-4, 1e-3, 3e-3], help="ε grid (default 3e-4,1e-3,3e-3)")
     p.add_argument("--nbetas", type=_floats, default=[30.0, 10.0],
                    help="nβ grid (default 30,10); cells usable at the same ε are a tie, won by the first nβ listed "
@@ -540,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "beside the loss.")
     p.add_argument("run_dirs", nargs="+", help="run directories")
     p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
-    p.add_argument("--config-hash", help="only the results of these sampler settings")
+    p.add_argument("--config-hash", metavar="HASH",
+                   help="only the results stored under this settings hash (the config_hash column of "
+                        "`rllc export`; default: every hash, one figure each)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="write every stored result as CSV and Parquet",
@@ -548,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and measure) as results.csv and results.parquet.")
     p.add_argument("run_dirs", nargs="+", help="run directories")
     p.add_argument("--out", help="output directory (default: the first run directory)")
-    p.add_argument("--formats", default="csv,parquet", help="csv, parquet or both (default csv,parquet)")
+    p.add_argument("--formats", default="csv,parquet",
+                   help="csv, parquet or both, comma-separated (default csv,parquet; Parquet needs pyarrow, the "
+                        "[export] extra: without it pass --formats csv)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("hessian", help="Hessian trace, FIM trace or Hessian rank over training",
@@ -557,10 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "component x data set and store it beside the LLC results. Re-runs skip what "
                                    "is stored; prints the plan and its measured duration first.")
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--measure", default="trace", choices=["trace", "fim", "rank"], help="what to estimate")
+    p.add_argument("--measure", default="trace", choices=["trace", "fim", "rank"],
+                   help="trace: the Hessian trace by Hutchinson's estimator (default); fim: the Fisher information "
+                        "trace, on sequences sampled from the model; rank: the Hessian rank (Chebyshev step "
+                        "function of the spectrum)")
     p.add_argument("--components", default="all", help="components as for `rllc sweep` (default all)")
     p.add_argument("--data", default="pretrain", help="data sets as for `rllc sweep` (ignored for fim)")
-    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,...")
+    p.add_argument("--steps", default="all", help="checkpoints: all, last, every:N, log:N or S1,S2,... (default all)")
     g = p.add_argument_group("estimator settings (defaults: the paper's, per measure)")
     g.add_argument("--probes", type=int, help="Rademacher probes (default: trace 50, fim 5, rank 20)")
     g.add_argument("--samples", type=int, help="data sequences the loss is averaged over, or sequences sampled "
@@ -582,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'fixed': --range and --threshold as given (default); 'adaptive': range +-|lambda_max| by "
                         "power iteration, threshold as given (the paper's two); 'lanczos': range from Lanczos "
                         "extremes, threshold = --threshold-fraction x lambda_max (rllc's own)")
-    g.add_argument("--range", type=_floats,
+    g.add_argument("--range", type=_floats, metavar="A,B",
                    help="spectrum interval a,b for 'fixed', written --range=-1000,6000 (the default)")
     g.add_argument("--threshold", type=float, help="eigenvalue threshold η for 'fixed' and 'adaptive' (default 500)")
     g.add_argument("--threshold-fraction", type=float, help="η / λ_max for 'lanczos' (default 0.01)")
@@ -598,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "type, drLLC per data set, the head table, composition, Hessian comparisons, "
                                    "clustering metrics and diagnostics warnings.")
     p.add_argument("run_dirs", nargs="+", help="run directories")
-    p.add_argument("--out", help="HTML path (default RUN_DIR/report.html)")
+    p.add_argument("--out", help="HTML path (default: report.html in the first run directory)")
     p.set_defaults(func=cmd_report)
     return parser
 
