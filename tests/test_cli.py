@@ -88,6 +88,21 @@ def test_llc_unknown_component_is_one_line(tiny_run):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown head '7:0'" in proc.stderr
 
 
+def test_a_reader_that_leaves_is_no_error(tiny_run):
+    # `rllc info RUN | head`: stdout is a pipe whose reader is gone before rllc writes. Unbuffered (-u), so the
+    # first print meets the closed pipe inside the command, where main() must catch it.
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-u", "-m", "rllc.cli", "info", str(tiny_run.path)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("argv", [["train", "--out", "x", "--seeds", "1,a"], ["llc"],
                                   ["import", "SRC", "--out", "x", "--data", "code", "--steps", "1000,a"]])
 def test_argument_errors_exit_2(argv):

@@ -626,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     except RllcError as e:
         print(f"rllc: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `rllc info RUN | head`: the reader left; not an error of ours (an OSError: first)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except OSError as e:  # a full or read-only disk the library did not name: still one line
         import errno
 
@@ -638,9 +641,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nrllc: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `rllc info RUN | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 0
     return 0
 
 
