@@ -547,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per layer, shaded chain spread), the same per data set, and the full-model LLC "
                                    "beside the loss.")
     p.add_argument("run_dirs", nargs="+", help="run directories")
-    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots; with several runs, one folder per run "
+                                 "inside it)")
     p.add_argument("--config-hash", metavar="HASH",
                    help="only the results stored under this settings hash (the config_hash column of "
                         "`rllc export`; default: every hash, one figure each)")
