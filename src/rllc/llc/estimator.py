@@ -339,9 +339,9 @@ def estimate_llc(
             A data-refined estimate is this with another data set.
         loss_fn: ``loss_fn(model, batch) -> scalar mean loss``; default next-token cross-entropy
             (``losses.next_token_loss``). ``losses.soft_target_loss(ref)`` gives the model-as-generator loss.
-        component: what moves (weight refinement): None for every parameter, a component name, union ("0:1+0:3")
-            or list of names (any supported model: rllc, TransformerLens, HF GPT-2/GPT-NeoX, run in eval mode)
-            (rllc transformers, e.g. "1:6"), or a dict parameter name → bool mask; see
+        component: what moves (weight refinement): None for every parameter; a component name ("1:2",
+            "layer:0", "unembed", ...), a union ("0:1+0:3") or a list of names, on any supported model (rllc,
+            TransformerLens, HF GPT-2/GPT-NeoX, run in eval mode); or a dict parameter name → bool mask; see
             ``rllc.model.components.resolve_masks``. Everything else stays bitwise at w*.
         config: a ``SamplerConfig``; keyword ``overrides`` (epsilon, nbeta, gamma, chains, draws, burn_in,
             steps_per_draw, batch_size, init_batches, seed, divergence_threshold, paired, sampler,
