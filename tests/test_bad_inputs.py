@@ -333,6 +333,20 @@ CASES = [
          match="disk full"),
     Case("plot-no-store", ["plot", "{ref}", "--out", "{out}"], setup=lambda p: (p["ref"] / "results.sqlite").unlink(),
          match="results store"),
+    # --- found by the s15 audit of the measure commands ----------------------------------------------------------
+    Case("sweep-steps-empty", ["sweep", R, "--components", "0:0", "--steps", "", *FAST], match="no step given"),
+    Case("heads-steps-empty", ["heads", R, "--steps", ",", "--quiet"], match="no step given"),
+    Case("hessian-steps-empty", ["hessian", R, "--steps", "", "--quiet"], match="no step given"),
+    Case("hessian-range-three", ["hessian", R, "--measure", "rank", "--range=1,2,3", "--quiet"], match="range"),
+    Case("hessian-range-reversed", ["hessian", R, "--measure", "rank", "--range=6000,-1000", "--quiet"],
+         match="a < b"),
+    Case("export-out-is-file", ["export", R, "--out", "{small}", "--formats", "csv"], match="small.txt is a file"),
+    Case("calibrate-plot-is-dir", ["calibrate", R, "--epsilons", "1e-3", "--nbetas", "10", *FAST, "--plot", "{out}"],
+         match="is a folder"),
+    Case("calibrate-plot-bare-name", ["calibrate", R, "--epsilons", "1e-3", "--nbetas", "10", *FAST, "--plot",
+                                      "{out}/traces"], expect="works", match="loss traces",
+         check=lambda p: (p["out"] / "traces").is_file() and not (p["out"] / "traces.png").exists() or
+         pytest.fail(f"the traces went elsewhere than the path printed: {sorted(os.listdir(p['out']))}")),
     # --- read-only run directory: writers say so, readers work into --out elsewhere ---------------------------
     Case("ro-sweep", ["sweep", R, "--components", "0:0", "--steps", "last", *FAST, "--quiet"], readonly=True,
          match="read-only"),

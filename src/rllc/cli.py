@@ -268,6 +268,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from rllc.llc import calibrate, plot_calibration
 
     out = Path(args.plot) if args.plot else None
+    if out is not None and out.is_dir():  # before the sampling, not after it
+        raise RllcError(f"--plot {out} is a folder; give the PNG's path, e.g. {out / 'calibration.png'}")
     check_writable(out.parent if out else args.run_dir, "cannot write the traces plot; pass --plot a writable path")
     run, step, model, tokens = _llc_inputs(args)
     out = out or Path(args.run_dir) / f"calibration_step{step}.png"

@@ -127,6 +127,9 @@ class RankConfig:
                 or self.power_steps < 1 or self.n_samples < 1:
             raise RllcError("rank config: degree, n_probes, n_samples, power_steps >= 1, lanczos_steps >= 2 and "
                             "probe_batch >= 1 required")
+        if len(self.range) != 2 or not all(math.isfinite(x) for x in self.range) or not self.range[0] < self.range[1]:
+            raise RllcError(f"rank config: range must be two finite numbers a < b (e.g. -1000,6000), got "
+                            f"{','.join(f'{x:g}' for x in self.range)}")
         a, b = self.range
         if self.strategy == "fixed" and not a < self.threshold < b:
             raise RllcError(f"rank config: threshold {self.threshold} must lie inside range ({a}, {b})")

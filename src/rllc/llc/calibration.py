@@ -148,6 +148,8 @@ def plot_calibration(result: CalibrationResult, path: str | Path, *, title: str 
                  "★ recommended (the largest usable ε); FLAGGED: not converged or unstable against a smaller ε; "
                  "DIVERGED: a chain diverged", fontsize=8, wrap=True)
     path = Path(path)
+    if path.is_dir():
+        raise RllcError(f"{path} is a folder; give the PNG's path, e.g. {path / 'calibration.png'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # exactly `path`: without a format matplotlib appends .png to a bare name
     return path

@@ -55,6 +55,8 @@ def select_steps(spec: str | Sequence[int] | None, available: Sequence[int], whe
             steps = [int(x) for x in s.split(",") if x.strip()]
         except ValueError:
             raise RllcError(f"bad step spec {spec!r}; use all, last, every:N, log:N or S1,S2,...") from None
+        if not steps:  # "" or ",": a forgotten value, not a request for nothing
+            raise RllcError(f"no step given in step spec {spec!r}; use all, last, every:N, log:N or S1,S2,...")
     else:
         steps = [int(x) for x in spec]
     missing = [x for x in steps if x not in set(avail)]

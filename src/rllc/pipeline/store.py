@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rllc._errors import RllcError, is_writable, read_only_error, writing
+from rllc._errors import RllcError, check_writable, is_writable, read_only_error, writing
 
 STORE_NAME = "results.sqlite"
 _SCHEMA = """
@@ -284,8 +284,7 @@ def export_results(run_dir: str | Path | Iterable[str | Path], out: str | Path |
         except ImportError:
             raise RllcError("Parquet export needs pyarrow: pip install 'rllc[export]' (or pass formats=['csv'])") \
                 from None
-    if not is_writable(out_dir):
-        raise read_only_error(out_dir, "cannot export; pass --out a writable folder")
+    check_writable(out_dir, "cannot export; pass --out a writable folder")  # also: --out names a file
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     written = []
