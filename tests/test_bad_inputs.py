@@ -114,6 +114,12 @@ def _garbage_store(p: dict[str, Path]) -> None:
     (p["run"] / "results.sqlite").write_bytes(b"this is not a database" * 100)
 
 
+def _drop_configs(p: dict[str, Path]) -> None:
+    with contextlib.closing(sqlite3.connect(p["run"] / "results.sqlite")) as con:
+        con.execute("DROP TABLE configs")
+        con.commit()
+
+
 def _full_disk_files(mp: pytest.MonkeyPatch) -> None:
     """Every file rllc writes through Python's open/os.fdopen, safetensors or SQLite fails with ENOSPC."""
     import builtins
@@ -347,6 +353,12 @@ CASES = [
                                       "{out}/traces"], expect="works", match="loss traces",
          check=lambda p: (p["out"] / "traces").is_file() and not (p["out"] / "traces.png").exists() or
          pytest.fail(f"the traces went elsewhere than the path printed: {sorted(os.listdir(p['out']))}")),
+    Case("sweep-bad-checkpoint-stores-nothing", ["sweep", R, "--components", "0:0", "--steps", "40", "--seed", "7",
+                                                 *FAST, "--quiet"],
+         setup=_truncate("checkpoints/step_0000040.safetensors", 100), match="step_0000040.safetensors"),
+    Case("store-without-configs-export", ["export", R, "--out", "{out}", "--formats", "csv"], setup=_drop_configs,
+         match="results.sqlite"),
+    Case("store-without-configs-plot", ["plot", R, "--out", "{out}"], setup=_drop_configs, match="results.sqlite"),
     # --- read-only run directory: writers say so, readers work into --out elsewhere ---------------------------
     Case("ro-sweep", ["sweep", R, "--components", "0:0", "--steps", "last", *FAST, "--quiet"], readonly=True,
          match="read-only"),

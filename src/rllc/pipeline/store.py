@@ -107,6 +107,7 @@ class ResultStore:
             with self._db() as con:
                 if readonly:
                     con.execute("SELECT count(*) FROM results").fetchone()
+                    con.execute("SELECT count(*) FROM configs").fetchone()  # every reader also reads the configs
                 else:
                     with writing(self.path, what="results store"):
                         con.executescript(_SCHEMA)
