@@ -291,3 +291,22 @@ def test_grouped_query_attention_heads_share_their_key_value_head():
     layer = component_masks(ht, "layer:0")
     assert "blocks.0.mlp.W_in" in layer and "blocks.0.ln2.w" in component_masks(ht, "ln")
     assert adapt(ht).native() is ht  # MLPs and rotary positions: never converted to rllc's model
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_neox], ids=["gpt2", "neox"])
+def test_susceptibilities_on_hf_models(make):
+    """Hugging Face models return an output with `.logits`: the per-token observable must read it (it called
+    `model(tokens)` and indexed the output, a TypeError), and the chains are estimate_llc's, seed for seed."""
+    from rllc import susceptibilities
+    from rllc.llc.losses import next_token_loss, per_token_loss
+
+    model = make().eval()  # GPT-2's dropout off for the direct comparison (the estimator turns it off itself)
+    tokens = torch.randint(0, 50, (32, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(per_token_loss(model, tokens).mean(), next_token_loss(model, tokens))
+    probe = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(5))
+    kw = dict(chains=2, draws=4, batch_size=8, seed=3)
+    res = susceptibilities(model, tokens, ["0:1"], probes={"p": probe}, **kw)
+    assert res.per_token["0:1"]["p"].shape == (3, 11) and np.isfinite(res.per_token["0:1"]["p"]).all()
+    plain = estimate_llc(model, tokens, component="0:1", paired=True, **kw)
+    np.testing.assert_allclose(res.llc["0:1"].loss_trace, plain.loss_trace, rtol=0, atol=1e-6)

@@ -69,7 +69,7 @@ def per_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Per-token next-token cross-entropy (B, T−1) — the observable for per-token LLC contributions
     (``Observe(per_sample_loss=per_token_loss, ...)``); its mean is ``next_token_loss``."""
     tokens = _tokens(batch)  # (B, T)
-    return token_cross_entropy(model(tokens), tokens, per_token=True)
+    return token_cross_entropy(forward_logits(model, tokens), tokens, per_token=True)
 
 
 def soft_target_loss(reference_model: nn.Module) -> LossFn:
