@@ -192,6 +192,21 @@ def test_same_weights_as_rllc_and_transformer_lens_give_the_same_chains():
     assert adapt(ht).native() is not ht  # the per-head fast path ran on an rllc conversion
 
 
+def test_path_patching_on_a_hooked_transformer_matches_rllc():
+    """TransformerLens's split Q/K/V inputs are per head (B, T, H, D): patching them added a (B, T, D) delta and
+    crashed `rllc heads` on every TL import that is not rllc's architecture. Same weights, same patched losses."""
+    from rllc.analysis.patching import path_patched_per_token_loss
+
+    model, ht, _ = _rllc_and_tl()
+    tokens = torch.randint(0, 37, (6, 10), generator=torch.Generator().manual_seed(4))
+    for senders, receiver, paths in (([(0, 1)], (1, 2), "qkv"), ([(0, 0), (0, 2)], (1, 0), "k")):
+        for kind in ("zero", "mean"):
+            ref = path_patched_per_token_loss(model, tokens, senders, receiver, paths=paths, kind=kind)
+            got = path_patched_per_token_loss(ht, tokens, senders, receiver, paths=paths, kind=kind)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(ref, path_patched_per_token_loss(model, tokens, [(0, 0)], receiver, kind=kind))
+
+
 def test_transformer_lens_with_other_architecture_is_not_converted():
     model, _, tl = _rllc_and_tl()
     tcfg = tl.HookedTransformerConfig(n_layers=2, d_model=12, n_ctx=10, d_head=4, n_heads=3, d_vocab=37,

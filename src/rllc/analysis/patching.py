@@ -62,7 +62,8 @@ def path_patched_per_token_loss(
     clean_z = clean[f"blocks.{lr}.attn.hook_z"]  # (B, T, H, E)
 
     def patch_input(x: torch.Tensor, name: str) -> torch.Tensor:
-        return x + delta
+        # TransformerLens's split inputs are per head (B, T, H, D), rllc's (B, T, D): every head gets the same delta
+        return x + (delta.unsqueeze(2) if x.dim() == 4 else delta)
 
     def keep_receiver_only(z: torch.Tensor, name: str) -> torch.Tensor:
         out = clean_z.clone()
