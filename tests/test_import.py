@@ -131,6 +131,18 @@ def test_import_errors_are_one_line(tmp_path, tiny_text, tokenizer_file):
     assert not any((tmp_path / d).exists() for d in ("r", "r2", "r3", "r4"))  # nothing written on a refusal
 
 
+def test_two_checkpoints_at_one_step_are_refused(tmp_path, tiny_text, tokenizer_file):
+    """checkpoint-10/ and step_10/ both parse as step 10: one of them was silently dropped."""
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file, names=("checkpoint-0", "checkpoint-10", "step_10"))
+    with pytest.raises(RllcError, match="two checkpoints at step 10: checkpoint-10 and step_10; keep one"):
+        import_series(src, tmp_path / "run", data=str(tiny_text))
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(src / "step_10")
+    assert import_series(src, tmp_path / "run", data=str(tiny_text)).steps == [0, 10]
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer

@@ -41,6 +41,14 @@ def _step_of(name: str) -> int | None:
     return int(m[1]) if m else None
 
 
+def _add(found: dict[int, dict[str, str]], step: int, entry: dict[str, str], src: Path) -> None:
+    """Record one checkpoint; two at one step (checkpoint-100/ and step_100/) would silently keep either."""
+    if step in found:
+        raise RllcError(f"{src} has two checkpoints at step {step}: {found[step]['revision']} and "
+                        f"{entry['revision']}; keep one")
+    found[step] = entry
+
+
 def _need_transformers():  # noqa: ANN202
     try:
         import transformers
@@ -104,7 +112,7 @@ def _scan(src: Path | str, steps: list[int] | None) -> dict[str, Any]:
             if s is None:
                 continue
             snap = src / "snapshots" / ref.read_text().strip()
-            found[s] = {"path": str(snap), "revision": ref.name}
+            _add(found, s, {"path": str(snap), "revision": ref.name}, src)
         if steps:
             missing = [s for s in steps if s not in found]
             if missing:
@@ -123,13 +131,13 @@ def _scan(src: Path | str, steps: list[int] | None) -> dict[str, Any]:
         for f in sorted(src.iterdir()):
             s = _step_of(f.name)
             if s is not None and f.suffix in (".safetensors", ".pt", ".pth"):
-                found[s] = {"path": str(f), "revision": f.name}
+                _add(found, s, {"path": str(f), "revision": f.name}, src)
     else:
         kind, repo = "snapshots", None
         for d in sorted(src.iterdir()):
             s = _step_of(d.name)
             if s is not None and d.is_dir():
-                found[s] = {"path": str(d), "revision": d.name}
+                _add(found, s, {"path": str(d), "revision": d.name}, src)
     if not found:
         raise RllcError(f"no checkpoints found in {src}: expected snapshot directories named checkpoint-N/, "
                         "step_N/ or stepN/, a Hugging Face cache with refs stepN, or TransformerLens state dicts "
