@@ -143,6 +143,59 @@ def test_two_checkpoints_at_one_step_are_refused(tmp_path, tiny_text, tokenizer_
     assert import_series(src, tmp_path / "run", data=str(tiny_text)).steps == [0, 10]
 
 
+def test_import_refuses_weights_that_are_not_the_checkpoint(tmp_path, tiny_text, tokenizer_file):
+    """A missing or mis-shaped tensor (transformers initialised it at random, or raised a traceback), a truncated
+    file, a later step that differs from the first, or a config that changes along the series: one line, nothing
+    written. Each step is checked at import, not only the first."""
+    from safetensors.torch import load_file, save_file
+
+    from rllc.runs import import_series
+
+    good = _snapshots(tmp_path / "good", _gpt2, tokenizer_file)
+    key = "transformer.h.1.attn.c_attn.weight"
+
+    def broken(name: str, step: str, edit) -> Path:
+        src = tmp_path / name
+        shutil.copytree(good, src)
+        f = src / step / "model.safetensors"
+        edit(f, load_file(f))
+        return src
+
+    def drop(f, sd):
+        save_file({k: v for k, v in sd.items() if k != key}, f, metadata={"format": "pt"})
+
+    def reshape(f, sd):
+        save_file({**sd, key: torch.zeros(16, 40)}, f, metadata={"format": "pt"})
+
+    def cut(f, sd):
+        f.write_bytes(f.read_bytes()[:-64])
+
+    cases = {
+        "missing": (broken("missing", "checkpoint-0", drop), f"does not match its config.json: it has no tensor {key}"),
+        "shape": (broken("shape", "checkpoint-0", reshape), rf"{key} has shape \(16, 40\), not \(16, 48\)"),
+        "truncated": (broken("truncated", "checkpoint-0", cut), "cannot load the snapshot .*checkpoint-0"),
+        "later": (broken("later", "checkpoint-20", drop), f"checkpoint-20 \\(step 20\\) does not hold the same "
+                                                         f"tensors as step 0: it has no tensor {key}"),
+        "later_cut": (broken("later_cut", "checkpoint-10", cut), "cannot read the weights .*checkpoint-10/model"
+                                                                 r".safetensors .*it may be truncated"),
+    }
+    layers = tmp_path / "layers"
+    shutil.copytree(good, layers)
+    shutil.rmtree(layers / "checkpoint-20")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=3, n_head=2, n_embd=16, n_positions=N_CTX,
+                                                         vocab_size=300)).save_pretrained(layers / "checkpoint-20")
+    cases["layers"] = (layers, "checkpoint-20/config.json has n_layer=3 but .*checkpoint-0/config.json has n_layer=2")
+    for name, (src, msg) in cases.items():
+        with pytest.raises(RllcError, match=msg):
+            import_series(src, tmp_path / f"run_{name}", data=str(tiny_text), n_ctx=N_CTX)
+        assert not (tmp_path / f"run_{name}").exists(), name
+    run = import_series(good, tmp_path / "run", data=str(tiny_text), n_ctx=N_CTX)  # and later, at model_at
+    drop(good / "checkpoint-10" / "model.safetensors", load_file(good / "checkpoint-10" / "model.safetensors"))
+    with pytest.raises(RllcError, match=f"checkpoint-10 does not match its config.json: it has no tensor {key}"):
+        run.model_at(10)
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer
@@ -168,6 +221,11 @@ def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, t
             torch.testing.assert_close(m(tokens), ht(tokens), atol=1e-5, rtol=1e-5)  # never mis-loaded
         # rllc's own architecture becomes an rllc Transformer (per-head fast path); standard positions stay TL
         assert isinstance(m, Transformer) == (pos == "shortformer")
+        bad = {**{k: v.contiguous() for k, v in ht.state_dict().items()}, "blocks.1.attn.W_Q": torch.zeros(2, 16, 7)}
+        save_file(bad, str(d / "step_0.safetensors"))  # a mis-shaped tensor: one line (it was a traceback on TL)
+        with pytest.raises(RllcError, match=r"step_0.safetensors .*blocks.1.attn.W_Q"):
+            import_series(d, tmp_path / f"bad_{pos}", data=str(tiny_text))
+        assert not (tmp_path / f"bad_{pos}").exists()
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -34,6 +34,16 @@ from rllc.train.run import Run, RunConfig
 IMPORT_FORMAT = "rllc-import/1"
 _STEP = re.compile(r"(?:checkpoint|step)[-_]?(\d+)(?:\.(?:safetensors|pt|pth))?")
 _FAMILIES = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
+# The config.json fields that define what a model computes; every checkpoint of a series must agree on them.
+_ARCH_KEYS = {
+    "gpt2": ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "vocab_size", "activation_function",
+             "layer_norm_epsilon", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+             "tie_word_embeddings"),
+    "gpt_neox": ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+                 "max_position_embeddings", "vocab_size", "hidden_act", "layer_norm_eps", "use_parallel_residual",
+                 "attention_bias", "rotary_pct", "rotary_emb_base", "rope_parameters", "rope_scaling",
+                 "tie_word_embeddings"),
+}
 
 
 def _step_of(name: str) -> int | None:
@@ -158,9 +168,14 @@ def _scan(src: Path | str, steps: list[int] | None) -> dict[str, Any]:
             _weights_in(Path(v["path"]))
         family, config = _hf_family(first / "config.json")
         for v in found.values():
-            f, _ = _hf_family(Path(v["path"]) / "config.json")
+            f, c = _hf_family(Path(v["path"]) / "config.json")
             if f != family:
                 raise RllcError(f"{v['path']} is a {f} model but {first} is {family}: one series, one architecture")
+            differ = [k for k in _ARCH_KEYS[family] if k in c and k in config and c[k] != config[k]]
+            if differ:
+                k = differ[0]
+                raise RllcError(f"{v['path']}/config.json has {k}={c[k]!r} but {first}/config.json has "
+                                f"{k}={config[k]!r}: one series, one architecture")
         tok_dirs = [Path(v["path"]) for v in reversed(found.values())] + [src]
     return {"kind": kind, "repo": repo, "source": str(src), "family": family, "config": config,
             "checkpoints": {str(s): v for s, v in found.items()}, "tokenizer_dirs": tok_dirs}
@@ -183,18 +198,78 @@ def _build(family: str, config: dict, path: Path) -> nn.Module:
         if rllc_mismatch(cfg) is None:
             return _tl_as_rllc(config, state, path)
         model = HookedTransformer(cfg)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            raise RllcError(f"{path} does not match its config.json ({str(e).strip().splitlines()[-1].strip()})") from None
         bad = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]
         if bad or unexpected:
             raise RllcError(f"{path} does not match its config.json ({'missing ' + bad[0] if bad else 'unexpected ' + unexpected[0]})")
         return model.eval()
     transformers = _need_transformers()
     cls = getattr(transformers, _FAMILIES[family])
+    verbosity, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # its load report and progress bar: rllc reports problems itself
+    transformers.logging.disable_progress_bar()
     try:
-        model = cls.from_pretrained(str(path), local_files_only=True)
-    except OSError as e:
-        raise RllcError(f"cannot load the snapshot {path} ({str(e).splitlines()[0]})") from None
+        model, info = cls.from_pretrained(str(path), local_files_only=True, weights_only=True,
+                                          output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as e:  # noqa: BLE001 - OSError, SafetensorError, RuntimeError, ... for a bad snapshot
+        raise RllcError(f"cannot load the snapshot {path} ({str(e).strip().splitlines()[0]})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.logging.enable_progress_bar()
+    # transformers initialises a missing or mis-shaped tensor at random and goes on: that is not this checkpoint
+    missing, mismatched, unexpected = (sorted(info[k]) for k in ("missing_keys", "mismatched_keys", "unexpected_keys"))
+    if missing or mismatched or unexpected:
+        if missing:
+            why = f"it has no tensor {missing[0]}"
+        elif mismatched:
+            name, got, want = mismatched[0]
+            why = f"its tensor {name} has shape {tuple(got)}, not {tuple(want)}"
+        else:
+            why = f"it has a tensor {unexpected[0]} that its config.json does not name"
+        raise RllcError(f"the snapshot {path} does not match its config.json: {why}")
     return model.eval()
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors (a weights file or a snapshot directory), read from the file
+    headers only (safetensors; a .bin/.pt onto the meta device, weights_only): a truncated file fails here."""
+    files = (sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))) if path.is_dir() else [path]
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(f), "pt") as h:
+                    out.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+            else:
+                state = torch.load(f, map_location="meta", weights_only=True)  # never unpickles code
+                out.update({k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
+        except Exception as e:  # noqa: BLE001 - SafetensorError, UnpicklingError, OSError, ... for a bad file
+            raise RllcError(f"cannot read the weights {f} ({str(e).strip().splitlines()[0]}); it may be truncated: "
+                            "save or fetch it again") from None
+    return out
+
+
+def _check_series(checkpoints: dict[str, dict[str, str]]) -> None:
+    """Every checkpoint holds the tensors (names and shapes) of the first, which was loaded and checked against
+    its config; a missing, extra, mis-shaped or truncated tensor file is an error now, not at some later step."""
+    paths = {s: Path(c["path"]) for s, c in checkpoints.items()}
+    (s0, p0), *rest = paths.items()
+    ref = _tensor_shapes(p0)
+    for s, p in rest:
+        got = _tensor_shapes(p)
+        if got == ref:
+            continue
+        missing, extra = sorted(set(ref) - set(got)), sorted(set(got) - set(ref))
+        shape = sorted(k for k in set(got) & set(ref) if got[k] != ref[k])
+        why = (f"it has no tensor {missing[0]}" if missing else f"it has a tensor {extra[0]} that step {s0} has not"
+               if extra else f"its tensor {shape[0]} has shape {got[shape[0]]}, not {ref[shape[0]]}")
+        raise RllcError(f"checkpoint {p} (step {s}) does not hold the same tensors as step {s0}: {why}")
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -339,6 +414,7 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     from rllc.model.adapters import adapt
 
     shape = adapt(model).cfg
+    _check_series(found["checkpoints"])
     if tok.get_vocab_size() > shape.d_vocab:
         raise RllcError(f"tokenizer {tok_path} has {tok.get_vocab_size()} tokens but the model's vocabulary is "
                         f"{shape.d_vocab}: they are not a pair")
