@@ -196,6 +196,26 @@ def test_import_refuses_weights_that_are_not_the_checkpoint(tmp_path, tiny_text,
         run.model_at(10)
 
 
+def test_relative_data_is_recorded_absolute_and_must_name_files(tmp_path, tiny_text, tokenizer_file, monkeypatch):
+    """`--data "corpus/*.txt"` (the README's spelling) was recorded as written, so every later command resolved it
+    against its own working directory: elsewhere it matched nothing, or other files under the same 'pretrain'
+    name. And a glob matching no files imported fine and failed only at the first use."""
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file)
+    shutil.copytree(tiny_text, tmp_path / "work" / "corpus")
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(RllcError, match=r"glob 'corpus/\*.md' matches no files"):
+        import_series(src, tmp_path / "nothing", data="corpus/*.md")
+    assert not (tmp_path / "nothing").exists()
+    run = import_series(src, tmp_path / "run", data="corpus/*.txt*0.5,synthetic.ngram*0.5", n_ctx=N_CTX)
+    assert run.config.train.data == f"{tmp_path / 'work' / 'corpus'}/*.txt*0.5,synthetic.ngram*0.5"
+    here = run.sample_tokens(n=4)
+    monkeypatch.chdir(tmp_path)  # another directory: the same files
+    again = load_run(tmp_path / "run")
+    torch.testing.assert_close(again.sample_tokens(n=4), here)
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer

@@ -102,7 +102,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     p, m = run.provenance, run.config.model
     print(f"{run.path}: {len(run.steps)} checkpoints of a {p['family']} model ({m.n_layers} layers × {m.n_heads} "
           f"heads, vocabulary {m.d_vocab}) from {p['source']} ({'copied' if p['copied'] else 'referenced'}); "
-          f"steps {run.steps[0]} … {run.steps[-1]}; pretrain data {args.data}")
+          f"steps {run.steps[0]} … {run.steps[-1]}; pretrain data {run.config.train.data}")
 
 
 def cmd_heads(args: argparse.Namespace) -> None:

@@ -187,8 +187,8 @@ def content_fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _path_part(source: str) -> tuple[str, str]:
-    """(key, spec) of one user path part: absolute location + content fingerprint."""
+def _absolute_part(source: str) -> tuple[str, list[Path]]:
+    """(spec with an absolute location, its files) of one user path part; RllcError when it names no files."""
     from rllc.data.corpora import _JSONL_FIELD, resolve_files
 
     m = _JSONL_FIELD.match(source)
@@ -196,12 +196,31 @@ def _path_part(source: str) -> tuple[str, str]:
         path = Path(m["path"]).resolve()
         if not path.is_file():
             raise RllcError(f"data file {m['path']} not found; check the path")
-        spec = f"{path}:{m['field']}"
-        files = [path]
-    else:
-        spec = os.path.abspath(source) if not Path(source).exists() else str(Path(source).resolve())
-        files = [f.resolve() for f in resolve_files(spec if Path(spec).exists() else source)]
+        return f"{path}:{m['field']}", [path]
+    spec = os.path.abspath(source) if not Path(source).exists() else str(Path(source).resolve())
+    return spec, [f.resolve() for f in resolve_files(spec if Path(spec).exists() else source)]
+
+
+def _path_part(source: str) -> tuple[str, str]:
+    """(key, spec) of one user path part: absolute location + content fingerprint."""
+    spec, files = _absolute_part(source)
     return f"{spec}#{content_fingerprint(files)}", spec
+
+
+def absolute_data_spec(spec: str) -> str:
+    """`spec` with each local path part made absolute (and checked to name files; weights and other parts kept as
+    written): a spec recorded in a run directory then means the same files from any working directory."""
+    from rllc.data.corpora import is_user_source
+    from rllc.data.dataset import _split_weight
+
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        source, _ = _split_weight(part, spec)
+        if source.startswith("hf:") or source == "pretrain" or not is_user_source(source):
+            out.append(part)
+        else:
+            out.append(_absolute_part(source)[0] + part[len(source):])
+    return ",".join(out)
 
 
 def _canonical_source(source: str) -> tuple[str, str]:

@@ -400,7 +400,10 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     from rllc.data import load_tokenizer, tokenizer_id
     from rllc.data.dataset import parse_data_spec
 
+    from rllc.pipeline.data import absolute_data_spec
+
     parse_data_spec(data)  # a bad spec fails before anything is written
+    data = absolute_data_spec(data)  # recorded so that later commands read these files from any directory
     out = Path(out)
     found = _scan(src, steps)
     if (out / "run.json").is_file():
