@@ -216,6 +216,24 @@ def test_relative_data_is_recorded_absolute_and_must_name_files(tmp_path, tiny_t
     torch.testing.assert_close(again.sample_tokens(n=4), here)
 
 
+def test_out_that_is_not_a_run_directory_is_refused(tmp_path, tiny_text, tokenizer_file):
+    """--out a snapshot of the series was a SameFileError traceback (its tokenizer.json copied onto itself); --out
+    the series itself, or any folder of other files, had run.json written into it."""
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (src / "checkpoint-20", src, tiny_text):
+        with pytest.raises(RllcError, match=f"{out} exists and is not an rllc run directory; choose an empty or new"):
+            import_series(src, out, data=str(tiny_text), n_ctx=N_CTX)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    prepared = tmp_path / "prepared"  # an interrupted import's leftovers, or the tokenizer supplied from --out
+    prepared.mkdir()
+    shutil.copy(tokenizer_file, prepared / "tokenizer.json")
+    run = import_series(src, prepared, data=str(tiny_text), n_ctx=N_CTX, tokenizer=prepared / "tokenizer.json")
+    assert run.steps == [0, 10, 20] and run.tokenizer.get_vocab_size() == 300
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer

@@ -410,6 +410,9 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
         old = read_json(out / "run.json", "run config")
         if old.get("format") != IMPORT_FORMAT or old.get("source") != found["source"]:
             raise RllcError(f"{out} already holds another run; choose a new --out")
+    elif out.is_dir() and any(p.name not in ("tokenizer.json", "checkpoints") for p in out.iterdir()):
+        # not an interrupted import (its tokenizer, copied weights): a snapshot, the series itself, someone's files
+        raise RllcError(f"{out} exists and is not an rllc run directory; choose an empty or new --out")
     tok_path = _find_tokenizer(found["tokenizer_dirs"], tokenizer)
     tok = load_tokenizer(tok_path)
     s = next(iter(found["checkpoints"]))
@@ -427,7 +430,8 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     check_writable(out, "cannot write the run directory; pass --out a writable folder")
     with writing(out, what="run directory"):
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tok_path, out / "tokenizer.json")
+        if not (out / "tokenizer.json").exists() or not (out / "tokenizer.json").samefile(tok_path):
+            shutil.copyfile(tok_path, out / "tokenizer.json")
     if copy:
         for st, c in found["checkpoints"].items():
             dst = out / "checkpoints" / f"step_{int(st):07d}"
