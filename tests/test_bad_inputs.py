@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -713,6 +714,22 @@ def test_sweep_gives_up_on_a_disk_that_stays_full(run_dir, monkeypatch):
     monkeypatch.setattr(sweep_module, "_FULL_DISK_WAIT_S", 0.0)
     with pytest.raises(DiskFullError, match="2 computed results could not be stored"):
         run_plan(plan, progress=False)
+
+
+def test_a_truncated_array_file_is_named(tmp_path):
+    # `rllc report` printed "could not be drawn (SafetensorError: Error while deserializing header: ...)" for a
+    # truncated per-token array file, without saying which file.
+    from rllc import RllcError
+    from rllc.pipeline.store import ResultRow, ResultStore
+
+    store = ResultStore(tmp_path)
+    row = ResultRow(40, "0:0", "pretrain", "susceptibility:code", "abc", 1.0, arrays={"chi": np.arange(3.0)})
+    store.put(row)
+    np.testing.assert_array_equal(store.arrays(row.key)["chi"], np.arange(3.0))
+    path = tmp_path / store.extra(row.key)["arrays"]
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(RllcError, match=f"array file {re.escape(str(path))} .* truncated or corrupted"):
+        store.arrays(row.key)
 
 
 def test_fully_diverged_estimate_is_not_converged():

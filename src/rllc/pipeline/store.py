@@ -200,7 +200,11 @@ class ResultStore:
         if not path.is_file():
             raise RllcError(f"{path} (the arrays of {key}) is missing; delete the row's results or rerun the measure "
                             "in a copy of the run")
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError (not an OSError), or an OSError reading it
+            raise RllcError(f"array file {path} (the arrays of {key}) is truncated or corrupted ({e}); delete the "
+                            "row's results or rerun the measure in a copy of the run") from None
 
     def put(self, row: ResultRow) -> bool:
         return self.put_many([row]) == 1
