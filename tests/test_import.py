@@ -234,6 +234,25 @@ def test_out_that_is_not_a_run_directory_is_refused(tmp_path, tiny_text, tokeniz
     assert run.steps == [0, 10, 20] and run.tokenizer.get_vocab_size() == 300
 
 
+def test_reimport_updates_checkpoints_but_not_what_stored_results_mean(tmp_path, tiny_text, tokenizer_file):
+    """Importing the same series again into its run directory adds new checkpoints; another --data or --n-ctx
+    rewrote run.json silently, and the stored "pretrain" rows (computed on the old data) were served as the new."""
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file, names=("checkpoint-0", "checkpoint-10"))
+    docs = sorted(tiny_text.glob("*.txt"))
+    import_series(src, tmp_path / "run", data=str(docs[0]), n_ctx=N_CTX)
+    record = (tmp_path / "run" / "run.json").read_text()
+    with pytest.raises(RllcError, match=f"imported with --data {docs[0]}, not {docs[1]}"):
+        import_series(src, tmp_path / "run", data=str(docs[1]), n_ctx=N_CTX)
+    with pytest.raises(RllcError, match=f"imported with --n-ctx {N_CTX}, not 8"):
+        import_series(src, tmp_path / "run", data=str(docs[0]), n_ctx=8)
+    assert (tmp_path / "run" / "run.json").read_text() == record
+    _gpt2(0, 300).save_pretrained(src / "checkpoint-20")  # training went on
+    shutil.copy(tokenizer_file, src / "checkpoint-20" / "tokenizer.json")
+    assert import_series(src, tmp_path / "run", data=str(docs[0]), n_ctx=N_CTX).steps == [0, 10, 20]
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer

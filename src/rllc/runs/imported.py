@@ -385,8 +385,8 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     Args:
         src: the series: a directory of snapshots, a `models--ORG--NAME` cache directory or `hf:ORG/NAME`, or a
             directory of TransformerLens state dicts with config.json.
-        out: the run directory to write (an existing import of the same source is updated, nothing else is
-            overwritten).
+        out: the run directory to write (an existing import of the same source, data, n_ctx and tokenizer is
+            updated with the checkpoints found now; nothing else is overwritten).
         data: the data spec recorded as this run's "pretrain" data (a text path or glob, a JSONL field, `hf:` ...);
             it is tokenised with the model's own tokenizer when first used.
         steps: only these checkpoint steps (default all found).
@@ -406,6 +406,7 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     data = absolute_data_spec(data)  # recorded so that later commands read these files from any directory
     out = Path(out)
     found = _scan(src, steps)
+    old = None
     if (out / "run.json").is_file():
         old = read_json(out / "run.json", "run config")
         if old.get("format") != IMPORT_FORMAT or old.get("source") != found["source"]:
@@ -427,6 +428,14 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     window = shape.n_ctx if n_ctx is None else int(n_ctx)
     if not 2 <= window <= shape.n_ctx:
         raise RllcError(f"--n-ctx {window} must be between 2 and the model's context length {shape.n_ctx}")
+    if old is not None:  # an update (new checkpoints): the stored results mean what they meant
+        now = {"--data": data, "--n-ctx": window, "tokenizer": tokenizer_id(tok), "seed": seed}
+        was = {"--data": old.get("data"), "--n-ctx": old.get("shape", {}).get("n_ctx"),
+               "tokenizer": old.get("tokenizer_id"), "seed": old.get("seed", 0)}
+        k = next((k for k in now if now[k] != was[k]), None)
+        if k is not None:
+            raise RllcError(f"{out} was imported with {k} {was[k]}, not {now[k]}: its stored results are on that; "
+                            f"import again with the same {k}, or choose a new --out")
     check_writable(out, "cannot write the run directory; pass --out a writable folder")
     with writing(out, what="run directory"):
         out.mkdir(parents=True, exist_ok=True)
