@@ -253,6 +253,33 @@ def test_reimport_updates_checkpoints_but_not_what_stored_results_mean(tmp_path,
     assert import_series(src, tmp_path / "run", data=str(docs[0]), n_ctx=N_CTX).steps == [0, 10, 20]
 
 
+def test_copy_resumes_an_interrupted_import_and_never_keeps_other_weights(tmp_path, tiny_text, tokenizer_file):
+    """An import killed during --copy leaves tokenizer.json and checkpoints/step_N/ (and a .tmp); the rerun keeps
+    complete copies of these weights, but kept any existing step_N/ as is, even a copy of another series."""
+    from rllc.runs import import_series
+
+    src = _snapshots(tmp_path / "src", _gpt2, tokenizer_file)
+    other = _snapshots(tmp_path / "other", lambda s, v: _gpt2(s + 7, v), tokenizer_file)  # same names, shapes
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(tokenizer_file, out / "tokenizer.json")
+    shutil.copytree(other / "checkpoint-10", out / "checkpoints" / "step_0000010", copy_function=shutil.copy2)
+    shutil.copytree(src / "checkpoint-0", out / "checkpoints" / "step_0000000", copy_function=shutil.copy2)
+    kept = (out / "checkpoints" / "step_0000000" / "model.safetensors").stat().st_ino
+    (out / "checkpoints" / "step_0000020.tmp").mkdir()  # a copy cut short
+    (out / "checkpoints" / "step_0000020.tmp" / "model.safetensors").write_bytes(b"half")
+    run = import_series(src, out, data=str(tiny_text), n_ctx=N_CTX, copy=True)
+    assert (out / "checkpoints" / "step_0000000" / "model.safetensors").stat().st_ino == kept  # not copied twice
+    assert not (out / "checkpoints" / "step_0000020.tmp").exists()
+    tokens = run.sample_tokens(n=2)
+    for s in (0, 10, 20):
+        m = run.model_at(s)
+        ref = transformers.GPT2LMHeadModel.from_pretrained(src / f"checkpoint-{s}").eval()
+        assert isinstance(m, transformers.GPT2LMHeadModel)
+        with torch.no_grad():
+            torch.testing.assert_close(m(tokens).logits, ref(tokens).logits)
+
+
 def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer

@@ -272,6 +272,16 @@ def _check_series(checkpoints: dict[str, dict[str, str]]) -> None:
         raise RllcError(f"checkpoint {p} (step {s}) does not hold the same tensors as step {s0}: {why}")
 
 
+def _same_copy(files: list[Path], dst: Path) -> bool:
+    """Whether `dst` holds a copy of `files` made by copy2 (same names, sizes and modification times)."""
+    def stat(f: Path) -> tuple[int, int]:
+        st = f.stat()  # follows the Hugging Face cache's symlinks to their blobs, as the copy did
+        return st.st_size, st.st_mtime_ns  # copy2 keeps the nanoseconds; a coarser disk only costs a recopy
+
+    names = {f.name for f in files}
+    return names == {x.name for x in dst.iterdir()} and all(stat(f) == stat(dst / f.name) for f in files)
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from rllc.train.checkpoints import load_tensors
@@ -445,12 +455,15 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
         for st, c in found["checkpoints"].items():
             dst = out / "checkpoints" / f"step_{int(st):07d}"
             p = Path(c["path"])
+            files = [p] if p.is_file() else [x for x in p.iterdir() if x.is_file()]
+            if dst.exists() and not _same_copy(files, dst):  # left by an interrupted import of other weights
+                shutil.rmtree(dst)
             if not dst.exists():
                 tmp = dst.with_name(dst.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
                 with writing(tmp, what="copied weights"):
                     tmp.mkdir(parents=True)
-                    for f in ([p] if p.is_file() else [x for x in p.iterdir() if x.is_file()]):
+                    for f in files:
                         shutil.copy2(f.resolve(), tmp / f.name)
                     tmp.rename(dst)
             c["path"] = str((dst / p.name) if p.is_file() else dst)
