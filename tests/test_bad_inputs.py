@@ -360,6 +360,9 @@ CASES = [
     Case("store-without-configs-export", ["export", R, "--out", "{out}", "--formats", "csv"], setup=_drop_configs,
          match="results.sqlite"),
     Case("store-without-configs-plot", ["plot", R, "--out", "{out}"], setup=_drop_configs, match="results.sqlite"),
+    Case("plot-config-hash-empty", ["plot", R, "--out", "{out}", "--config-hash", ""], match="its config hashes"),
+    Case("plot-config-hash-unknown", ["plot", R, "--out", "{out}", "--config-hash", "deadbeef"],
+         match="its config hashes"),
     # --- read-only run directory: writers say so, readers work into --out elsewhere ---------------------------
     Case("ro-sweep", ["sweep", R, "--components", "0:0", "--steps", "last", *FAST, "--quiet"], readonly=True,
          match="read-only"),

@@ -167,7 +167,11 @@ def plot_sweep(run_dir: str | Path | Iterable[str | Path], out: str | Path | Non
         df = load_results(d, with_extra=True)
         df = df[df["measure"] == "llc"]
         if config_hash is not None:
+            hashes = sorted(df["config_hash"].unique())
             df = df[df["config_hash"] == config_hash]
+            if df.empty and hashes:  # the run has LLC results, under other settings
+                raise RllcError(f"{d} has no LLC results for config {config_hash!r}; its config hashes: "
+                                f"{', '.join(hashes)} (`rllc export` lists their settings)")
         if df.empty:
             raise RllcError(f"{d} has no LLC results{' for config ' + config_hash if config_hash else ''}; run "
                             f"`rllc sweep {d}` first")
