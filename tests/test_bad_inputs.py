@@ -354,9 +354,6 @@ CASES = [
                                       "{out}/traces"], expect="works", match="loss traces",
          check=lambda p: (p["out"] / "traces").is_file() and not (p["out"] / "traces.png").exists() or
          pytest.fail(f"the traces went elsewhere than the path printed: {sorted(os.listdir(p['out']))}")),
-    Case("sweep-bad-checkpoint-stores-nothing", ["sweep", R, "--components", "0:0", "--steps", "40", "--seed", "7",
-                                                 *FAST, "--quiet"],
-         setup=_truncate("checkpoints/step_0000040.safetensors", 100), match="step_0000040.safetensors"),
     Case("store-without-configs-export", ["export", R, "--out", "{out}", "--formats", "csv"], setup=_drop_configs,
          match="results.sqlite"),
     Case("store-without-configs-plot", ["plot", R, "--out", "{out}"], setup=_drop_configs, match="results.sqlite"),

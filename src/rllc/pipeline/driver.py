@@ -213,7 +213,9 @@ def run_plan(plan: Plan, executor: Any = None, *, progress: bool = True,
     estimate = progress if estimate is None else estimate
     run_dirs = plan.run_dirs
     stores = {str(d): ResultStore(d) for d in run_dirs}
-    configs_stored: set[str] = set()  # a run's settings are stored with its first rows: a failed run stores nothing
+    for (d, h), settings in plan.configs.items():
+        if d in stores:
+            stores[d].put_config(h, settings)
     pending = plan.pending
     planned = len(plan.jobs)
     todo = sum(len(t.components) for t in pending)
@@ -227,11 +229,6 @@ def run_plan(plan: Plan, executor: Any = None, *, progress: bool = True,
         nonlocal computed, rows_written
         while held:
             task, rows = held[0]
-            if task.run_dir not in configs_stored:
-                for (d, h), settings in plan.configs.items():
-                    if d == task.run_dir:
-                        stores[d].put_config(h, settings)
-                configs_stored.add(task.run_dir)
             n = stores[task.run_dir].put_many(rows)  # DiskFullError leaves it held
             held.pop(0)
             rows_written += n
