@@ -310,6 +310,13 @@ def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, t
         with pytest.raises(RllcError, match=r"step_0.safetensors .*blocks.1.attn.W_Q"):
             import_series(d, tmp_path / f"bad_{pos}", data=str(tiny_text))
         assert not (tmp_path / f"bad_{pos}").exists()
+    saved = json.loads((d / "config.json").read_text())  # standard positions: built as a HookedTransformer
+    for edit in ({"d_model": None}, {"frobnicate": 3}):  # a missing and an unknown field: were TypeError tracebacks
+        cfg = {**saved, **edit}
+        (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+        with pytest.raises(RllcError, match=r"config.json is not a HookedTransformerConfig \(.*(d_model|frobnicate)"):
+            import_series(d, tmp_path / "bad_config", data=str(tiny_text))
+        assert not (tmp_path / "bad_config").exists()
 
 
 # ------------------------------------------------------------------------------------------------ end to end

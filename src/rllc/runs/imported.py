@@ -193,8 +193,12 @@ def _build(family: str, config: dict, path: Path) -> nn.Module:
             HookedTransformer = None
         if HookedTransformer is None:
             return _tl_as_rllc(config, state, path)
-        cfg = HookedTransformerConfig.from_dict(config) if hasattr(HookedTransformerConfig, "from_dict") \
-            else HookedTransformerConfig(**config)
+        try:
+            cfg = HookedTransformerConfig.from_dict(config) if hasattr(HookedTransformerConfig, "from_dict") \
+                else HookedTransformerConfig(**config)
+        except (TypeError, ValueError, AssertionError) as e:  # a missing, unknown or invalid field
+            raise RllcError(f"{path.parent / 'config.json'} is not a HookedTransformerConfig ({e}); write "
+                            "the model's model.cfg fields there as JSON") from None
         if rllc_mismatch(cfg) is None:
             return _tl_as_rllc(config, state, path)
         model = HookedTransformer(cfg)
