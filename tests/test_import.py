@@ -186,10 +186,22 @@ def test_import_refuses_weights_that_are_not_the_checkpoint(tmp_path, tiny_text,
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=3, n_head=2, n_embd=16, n_positions=N_CTX,
                                                          vocab_size=300)).save_pretrained(layers / "checkpoint-20")
     cases["layers"] = (layers, "checkpoint-20/config.json has n_layer=3 but .*checkpoint-0/config.json has n_layer=2")
+    def extra_layer(f, sd):  # weights of three layers under a config.json of two
+        save_file({**sd, **{k.replace(".h.1.", ".h.2."): v.clone() for k, v in sd.items() if ".h.1." in k}}, f,
+                  metadata={"format": "pt"})
+
+    cases["extra_layer"] = (broken("extra_layer", "checkpoint-0", extra_layer),
+                            "does not match its config.json: it has a tensor transformer.h.2.")
     for name, (src, msg) in cases.items():
         with pytest.raises(RllcError, match=msg):
             import_series(src, tmp_path / f"run_{name}", data=str(tiny_text), n_ctx=N_CTX)
         assert not (tmp_path / f"run_{name}").exists(), name
+    def old_buffers(f, sd):  # what older transformers saved beside GPT-2's weights: not parameters, ignored
+        save_file({**sd, "transformer.h.0.attn.bias": torch.ones(1, 1, N_CTX, N_CTX).tril(),
+                   "transformer.h.0.attn.masked_bias": torch.tensor(-1e4)}, f, metadata={"format": "pt"})
+
+    old = broken("old", "checkpoint-10", old_buffers)
+    assert import_series(old, tmp_path / "run_old", data=str(tiny_text), n_ctx=N_CTX).model_at(10) is not None
     run = import_series(good, tmp_path / "run", data=str(tiny_text), n_ctx=N_CTX)  # and later, at model_at
     drop(good / "checkpoint-10" / "model.safetensors", load_file(good / "checkpoint-10" / "model.safetensors"))
     with pytest.raises(RllcError, match=f"checkpoint-10 does not match its config.json: it has no tensor {key}"):

@@ -224,8 +224,12 @@ def _build(family: str, config: dict, path: Path) -> nn.Module:
         transformers.logging.set_verbosity(verbosity)
         if bar:
             transformers.logging.enable_progress_bar()
-    # transformers initialises a missing or mis-shaped tensor at random and goes on: that is not this checkpoint
-    missing, mismatched, unexpected = (sorted(info[k]) for k in ("missing_keys", "mismatched_keys", "unexpected_keys"))
+    # transformers initialises a missing or mis-shaped tensor at random and goes on: that is not this checkpoint.
+    # An unexpected tensor is refused when it is one of the model's parameters in another layer (the weights have
+    # more layers than config.json); other extras, such as old GPT-2 attn.bias / masked_bias buffers, are ignored.
+    kinds = {re.sub(r"\.\d+\.", ".#.", n) for n, _ in model.named_parameters()}
+    missing, mismatched = sorted(info["missing_keys"]), sorted(info["mismatched_keys"])
+    unexpected = sorted(k for k in info["unexpected_keys"] if re.sub(r"\.\d+\.", ".#.", k) in kinds)
     if missing or mismatched or unexpected:
         if missing:
             why = f"it has no tensor {missing[0]}"
@@ -259,21 +263,21 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _check_series(checkpoints: dict[str, dict[str, str]]) -> None:
-    """Every checkpoint holds the tensors (names and shapes) of the first, which was loaded and checked against
-    its config; a missing, extra, mis-shaped or truncated tensor file is an error now, not at some later step."""
+def _check_series(checkpoints: dict[str, dict[str, str]], names: set[str]) -> None:
+    """Every checkpoint holds the tensors of the first (which was loaded and checked against its config) that the
+    model has (`names`: tensors it ignores, such as old GPT-2 attention-mask buffers, may come and go), with the
+    same shapes; a missing, mis-shaped or truncated tensor file is an error now, not at some later step."""
     paths = {s: Path(c["path"]) for s, c in checkpoints.items()}
     (s0, p0), *rest = paths.items()
-    ref = _tensor_shapes(p0)
+    ref = {k: v for k, v in _tensor_shapes(p0).items() if k in names}
     for s, p in rest:
         got = _tensor_shapes(p)
-        if got == ref:
-            continue
-        missing, extra = sorted(set(ref) - set(got)), sorted(set(got) - set(ref))
-        shape = sorted(k for k in set(got) & set(ref) if got[k] != ref[k])
-        why = (f"it has no tensor {missing[0]}" if missing else f"it has a tensor {extra[0]} that step {s0} has not"
-               if extra else f"its tensor {shape[0]} has shape {got[shape[0]]}, not {ref[shape[0]]}")
-        raise RllcError(f"checkpoint {p} (step {s}) does not hold the same tensors as step {s0}: {why}")
+        missing = sorted(set(ref) - set(got))
+        shape = sorted(k for k in ref if k in got and got[k] != ref[k])
+        if missing or shape:
+            why = (f"it has no tensor {missing[0]}" if missing else
+                   f"its tensor {shape[0]} has shape {got[shape[0]]}, not {ref[shape[0]]}")
+            raise RllcError(f"checkpoint {p} (step {s}) does not hold the same tensors as step {s0}: {why}")
 
 
 def _same_copy(files: list[Path], dst: Path) -> bool:
@@ -435,7 +439,7 @@ def import_series(src: str | Path, out: str | Path, *, data: str, steps: list[in
     from rllc.model.adapters import adapt
 
     shape = adapt(model).cfg
-    _check_series(found["checkpoints"])
+    _check_series(found["checkpoints"], set(model.state_dict()))
     if tok.get_vocab_size() > shape.d_vocab:
         raise RllcError(f"tokenizer {tok_path} has {tok.get_vocab_size()} tokens but the model's vocabulary is "
                         f"{shape.d_vocab}: they are not a pair")
