@@ -61,3 +61,19 @@ def test_burn_in_and_short_chain_bias():
     assert flat.converged and abs(flat.bias) < 4 * flat.bias_se + 1e-3
     js = flat.to_dict()
     assert {"ess", "ess_per_chain", "rhat", "burn_in", "bias"} <= set(js)
+
+
+@pytest.mark.parametrize("draws", [1, 3, 4])
+def test_too_few_draws_are_never_called_converged(draws):
+    # With fewer than 4 draws per chain split-R-hat and ESS are undefined (NaN): such an estimate used to read
+    # "converged" because no test could fail; now it is not converged, with a message saying why. 4 draws judge.
+    C, nbeta = 4, 10.0
+    trace = 1.0 + 0.01 * _ar1(0.0, C, draws, seed=3)
+    per_chain = nbeta * (trace.mean(axis=1) - 1.0)
+    d = diagnose(trace, per_chain, np.full(C, -1), nbeta, float(per_chain.mean()))
+    if draws < 4:
+        assert np.isnan(d.rhat) and not d.converged
+        assert any(f"only {draws} draw" in m and "too few" in m for m in d.messages)
+    else:
+        assert np.isfinite(d.rhat) and d.converged
+        assert not any("too few" in m for m in d.messages)

@@ -32,7 +32,8 @@ class Diagnostics:
             reaching (positive: still falling, λ̂ above it); ``bias_se`` its standard error across chains.
         diverged: indices of chains that diverged (stopped early).
         diverged_at: the step at which each of those chains diverged.
-        converged: False when the late-trace drift is significant across chains and larger than 5% of |λ̂|.
+        converged: False when the late-trace drift is significant across chains and larger than 5% of |λ̂|, when
+            no chain survived, or with fewer than 4 draws per chain (nothing to judge convergence by).
         negative: True when the mean estimate is below zero (w* is not a local minimum of the sampled loss).
         messages: human-readable warnings, one per problem.
     """
@@ -176,6 +177,10 @@ def mser_burn_in(trace: np.ndarray) -> int:
     return int(np.argmin(scores))
 
 
+# Split-R-hat halves each chain and needs two draws per half to form a within-half variance.
+_MIN_DRAWS = 4
+
+
 def diagnose(
     trace: np.ndarray, per_chain: np.ndarray, diverged_at: np.ndarray, nbeta: float, mean: float
 ) -> Diagnostics:
@@ -210,6 +215,10 @@ def diagnose(
     burn = mser_burn_in(live_trace)
     if not alive.any():
         converged = False  # no chain left: nothing converged (R-hat is NaN)
+    elif k < _MIN_DRAWS:  # split-R-hat, ESS and the drift test are undefined: convergence cannot be judged
+        converged = False
+        messages.append(f"only {k} draw{'s' if k != 1 else ''} per chain: too few to judge convergence (split-R-hat "
+                        f"and ESS need at least {_MIN_DRAWS}); use more draws")
     bias = bias_se = float("nan")
     if live_slopes.size and k >= 4:
         live = trace[alive]
