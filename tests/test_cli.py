@@ -148,3 +148,19 @@ def test_sampler_flags_reach_the_kernel_and_are_explained(command):
     text = " ".join(sub.format_help().split())
     for word in ("alpha", "stabiliser", "adapt", "adapt_fraction", "warmup", "rmsprop_sgld"):
         assert word in text, word
+
+
+@pytest.mark.parametrize("alloc", ["torch.empty(10**10)", "numpy.empty(10**11)"])
+def test_running_out_of_memory_is_one_line(alloc):
+    # A command asking for more memory than there is (e.g. a huge --samples) ended in a MemoryError or torch's
+    # "DefaultCPUAllocator: can't allocate memory" RuntimeError traceback. Both are now one line, exit 2. The
+    # command is `rllc info` with its work replaced by the allocation, under a 3 GB address-space limit.
+    code = ("import resource, sys, numpy, torch\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (3 * 10**9, resource.RLIM_INFINITY))\n"
+            "import rllc.cli as cli\n"
+            f"cli.cmd_info = lambda args: {alloc}\n"
+            "sys.exit(cli.main(['info', '.']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rllc: error: out of memory"), out.stderr

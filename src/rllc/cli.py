@@ -644,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nrllc: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:  # numpy's MemoryError, torch's CPU allocator (a RuntimeError)
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e):
+            raise
+        print("rllc: error: out of memory; ask for less at once (fewer samples, probes, chains or a smaller "
+              "batch), then run the same command again", file=sys.stderr)
+        return 2
     return 0
 
 
