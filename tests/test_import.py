@@ -292,7 +292,7 @@ def test_copy_resumes_an_interrupted_import_and_never_keeps_other_weights(tmp_pa
             torch.testing.assert_close(m(tokens).logits, ref(tokens).logits)
 
 
-def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file):
+def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, tiny_text, tokenizer_file, capsys):
     tl = pytest.importorskip("transformer_lens")
     from rllc.model import Transformer
     from rllc.runs import import_series
@@ -322,6 +322,12 @@ def test_import_transformer_lens_state_dicts_checks_the_architecture(tmp_path, t
         with pytest.raises(RllcError, match=r"step_0.safetensors .*blocks.1.attn.W_Q"):
             import_series(d, tmp_path / f"bad_{pos}", data=str(tiny_text))
         assert not (tmp_path / f"bad_{pos}").exists()
+    from rllc.cli import main
+
+    capsys.readouterr()
+    args = ["--component", "0:1", "--chains", "1", "--draws", "2", "--batch-size", "4", "--n-samples", "8", "--json"]
+    assert main(["llc", str(tmp_path / "run_standard"), *args]) == 0  # a HookedTransformer: its .to printed a line
+    assert json.loads(capsys.readouterr().out)["component"] == "0:1"  # on stdout, before the one JSON object
     saved = json.loads((d / "config.json").read_text())  # standard positions: built as a HookedTransformer
     for edit in ({"d_model": None}, {"frobnicate": 3}):  # a missing and an unknown field: were TypeError tracebacks
         cfg = {**saved, **edit}

@@ -36,6 +36,7 @@ from rllc.llc.losses import per_token_loss
 from rllc._errors import RllcError
 from rllc.llc.observe import CrossMoments, Moments, Observe, Observed, ProbeMoments
 from rllc.llc.streams import BatchStream, noise_streams
+from rllc.model.adapters import to_device
 
 
 class Strategy(Protocol):
@@ -69,7 +70,7 @@ class _Observer:
         probes = obs.resolved_probes()
         self.obs, self.layouts, self.source, self.chains = obs, layouts, source, chains
         self.init_loss, self.paired, self.full = init_loss, paired, full
-        self.model = copy.deepcopy(model).to(device).requires_grad_(False)
+        self.model = to_device(copy.deepcopy(model), device).requires_grad_(False)
         self.anchor = {n: p.detach() for n, p in self.model.named_parameters()}
         union = set(n for lay in layouts for n in lay.names)
         self.moving = [n for n in self.anchor if n in union]

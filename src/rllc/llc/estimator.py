@@ -33,6 +33,7 @@ from rllc.llc.stacked import StackedStrategy
 from rllc.llc.stacked import supported as stacked_supported
 from rllc.llc.strategies import AutogradStrategy, VmapStrategy
 from rllc.llc.streams import init_indices
+from rllc.model.adapters import to_device
 
 Masks = dict[str, torch.Tensor] | None
 
@@ -283,7 +284,7 @@ def _estimate_prepared(model: nn.Module, data: Any, components: Sequence[Any], l
     layouts = [Layout(model, m, device) for m in masks_list]
     if any(lay.size == 0 for lay in layouts):
         raise RllcError("the component selects no parameters; pick a component with at least one moving weight")
-    star_model = copy.deepcopy(model).to(device).requires_grad_(False)
+    star_model = to_device(copy.deepcopy(model), device).requires_grad_(False)
     at_anchor = _losses_at_anchor(loss_fn, star_model, source, cfg)
     init = _init_loss(loss_fn, star_model, source, cfg, data_key, at_anchor)
     if not math.isfinite(init):

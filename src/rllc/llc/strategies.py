@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from rllc.llc._data import BatchSource
 from rllc.llc.layout import Layout
 from rllc.llc.losses import LossFn
+from rllc.model.adapters import to_device
 
 
 class _LossModule(nn.Module):
@@ -48,8 +49,8 @@ class AutogradStrategy:
     def __init__(self, model: nn.Module, loss_fn: LossFn, source: BatchSource, layouts: list[Layout],
                  device: torch.device) -> None:
         self.loss_fn, self.source, self.layouts, self.device = loss_fn, source, layouts, device
-        self.anchor_model = copy.deepcopy(model).to(device).requires_grad_(False)
-        self.work = copy.deepcopy(model).to(device)
+        self.anchor_model = to_device(copy.deepcopy(model), device).requires_grad_(False)
+        self.work = to_device(copy.deepcopy(model), device)
         self.params = dict(self.work.named_parameters())
         self.star_params = {n: p.detach().clone() for n, p in self.params.items()}
 

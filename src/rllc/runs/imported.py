@@ -372,7 +372,9 @@ class ImportedRun(Run):
         if not path.exists():
             raise RllcError(f"the weights of step {step} are gone from {path}; re-import with `rllc import` "
                             "(--copy keeps a copy inside the run directory)")
-        return _build(self.record["family"], self.record["config"], path).to(device)
+        from rllc.model.adapters import to_device
+
+        return to_device(_build(self.record["family"], self.record["config"], path), device)
 
     def metadata(self, step: int) -> dict[str, Any]:
         self._check_step(step)

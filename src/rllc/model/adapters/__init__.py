@@ -198,10 +198,17 @@ def supported(model: nn.Module) -> bool:
         return False
 
 
+def to_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """`model.to(device)`, quietly: a HookedTransformer's `.to` prints a line on stdout unless told not to."""
+    if any(p.startswith("transformer_lens.") for p in _class_path(model)):
+        return model.to(device, print_details=False)
+    return model.to(device)
+
+
 def forward_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Logits (B, T, V) of any model mapping tokens to logits or to an output with `.logits` (Hugging Face)."""
     out = model(tokens)
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-__all__ = ["Adapter", "ModelShape", "adapt", "forward_logits", "supported"]
+__all__ = ["Adapter", "ModelShape", "adapt", "forward_logits", "supported", "to_device"]
