@@ -619,34 +619,12 @@ def test_ctrl_c_of_a_pool_sweep_prints_no_worker_traceback():
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=120)  # a hang guard, not a speed check
-        survivors = [w for w in workers if not _gone_within(w, 10.0)]  # close() stops the busy one too
     finally:
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-1500:]
     assert "Traceback" not in err, err[-1500:]
-    assert not survivors
-
-
-def test_a_pool_worker_ignores_ctrl_c_and_leaves_it_to_the_driver():
-    """The race behind one CI failure of the test above: workers that exited on SIGINT could break the pool before
-    the driver saw its own KeyboardInterrupt, so the driver reported a dead worker (BrokenProcessPool) instead of
-    the interruption. A worker now ignores SIGINT: one sent to the worker alone leaves the pool working."""
-    import signal
-
-    from rllc.pipeline.executors import PoolExecutor
-
-    ex = PoolExecutor(1)
-    try:
-        pool = ex._ensure()
-        pid = pool.submit(os.getpid).result(timeout=120)
-        os.kill(pid, signal.SIGINT)
-        assert pool.submit(abs, -3).result(timeout=120) == 3
-        assert pool.submit(os.getpid).result(timeout=120) == pid  # the same worker, still alive
-    finally:
-        ex.close()
-    assert _gone_within(pid, 10.0)
 
 
 def _alive(pid: int) -> bool:

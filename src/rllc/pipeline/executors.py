@@ -85,20 +85,21 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="rllc-parent-watchdog").start()
 
 
+def _quiet_exit(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
 def _init_pool_worker(threads: int, parent_pid: int | None = None) -> None:
     import torch
 
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group; a worker ignores it (`_WorkerProcess`) and the driver alone reacts:
-    # its KeyboardInterrupt closes the pool, which stops the workers. A worker exiting on SIGINT itself raced the
-    # driver's interrupt: the driver could see a broken pool first and report a worker death instead.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _quiet_exit)  # Ctrl-C: stop at once, silently; the driver says what happened
     torch.set_num_threads(threads)
 
 
 class _WorkerProcess(SpawnProcess):
-    """A spawned pool worker that starts with SIGINT ignored (and keeps it so: `_init_pool_worker`).
+    """A spawned pool worker that starts with SIGINT ignored, until its initializer installs `_quiet_exit`.
 
     A terminal's Ctrl-C reaches the whole process group: a worker still importing torch, or idle between tasks, would
     print its own KeyboardInterrupt traceback under the driver's one-line message. An ignored SIGINT survives the
@@ -163,16 +164,9 @@ class PoolExecutor:
             refill()
 
     def close(self) -> None:
-        """Cancel what has not started and stop the workers, also any still running a task (after a Ctrl-C or an
-        error: what they were computing is not stored, and a rerun computes it)."""
         if self._pool is not None:
-            pool, self._pool = self._pool, None
-            # Workers ignore SIGINT, so a task still running would hold shutdown() until it ends: SIGTERM them
-            # (its default action ends a process silently). `_processes` is private, but the only handle on them.
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                if proc.is_alive():
-                    proc.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> PoolExecutor:
         return self
