@@ -13,13 +13,10 @@ temp directory inside the run directory).
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -85,38 +82,12 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="rllc-parent-watchdog").start()
 
 
-def _quiet_exit(signum: int, frame: object) -> None:
-    os._exit(128 + signum)
-
-
 def _init_pool_worker(threads: int, parent_pid: int | None = None) -> None:
     import torch
 
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, _quiet_exit)  # Ctrl-C: stop at once, silently; the driver says what happened
     torch.set_num_threads(threads)
-
-
-class _WorkerProcess(SpawnProcess):
-    """A spawned pool worker that starts with SIGINT ignored, until its initializer installs `_quiet_exit`.
-
-    A terminal's Ctrl-C reaches the whole process group: a worker still importing torch, or idle between tasks, would
-    print its own KeyboardInterrupt traceback under the driver's one-line message. An ignored SIGINT survives the
-    exec of a spawned interpreter (Python then installs no handler of its own). Module level: spawn pickles it."""
-
-    def start(self) -> None:
-        if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
-            return super().start()
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            super().start()
-        finally:
-            signal.signal(signal.SIGINT, old)
-
-
-class _WorkerContext(SpawnContext):
-    Process = _WorkerProcess
 
 
 class PoolExecutor:
@@ -132,8 +103,10 @@ class PoolExecutor:
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            import multiprocessing as mp
+
             threads = max(1, _cpu_count() // self.workers)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_WorkerContext(),
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=_init_pool_worker, initargs=(threads, os.getpid()))
         return self._pool
 
