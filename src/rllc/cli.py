@@ -15,8 +15,8 @@ DESCRIPTION = """\
 rllc: refined local learning coefficients (rLLC) of attention heads over training.
 
 Train a small attention-only transformer with checkpoints across training, then measure how each head
-develops. Start with `rllc demo` (CPU, offline, about 10 minutes on 2 idle cores: 564 s measured, see the
-README); `rllc COMMAND --help` explains each command and its flags."""
+develops. Start with `rllc demo` (CPU, offline, 10–13 minutes on 2 idle cores: 564–800 s measured, see
+the README); `rllc COMMAND --help` explains each command and its flags."""
 
 
 def _positive_int(s: str) -> int:
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and time the induction heads' formation against them; write figures and one "
                                    "HTML report that opens with the sampler, its bias against the paper's and the "
                                    "paper's findings with verdicts. Sized for 15 minutes on 2 cores; last "
-                                   "measured end to end at 564 s on an idle 2-core machine (the README says where "
+                                   "measured end to end at 564–800 s on idle 2-core machines (the README says where "
                                    "and how it was measured); on a loaded "
                                    "machine set OMP_NUM_THREADS=1. Interrupt and re-run to resume.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
